@@ -1,0 +1,91 @@
+//! `voice-sim`: a simulator of the gateway's backends, for tests, benchmarks and the demo.
+//!
+//! ```text
+//!   --riva-addr ──► gRPC: nvidia.riva.asr.RivaSpeechRecognition   (StreamingRecognize, Recognize)
+//!                         nvidia.riva.tts.RivaSpeechSynthesis     (SynthesizeOnline, Synthesize)
+//!                         grpc.health.v1.Health                   ("", the two services, "voice-sim")
+//!   --llm-addr  ──► HTTP: POST /v1/chat/completions (SSE), GET /v1/models, GET /health
+//! ```
+//!
+//! Speech is synthetic ([`codec`]): the TTS writes the text into the audio and the ASR reads it
+//! back, so a reply spoken by the sim can be fed back in as the next user turn. Latency comes from
+//! a [`profile::Profile`]; faults from [`profile::Faults`] or trigger words.
+
+pub mod codec;
+pub mod llm;
+pub mod profile;
+pub mod riva;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use voice_proto::riva::asr::riva_speech_recognition_server::RivaSpeechRecognitionServer;
+use voice_proto::riva::tts::riva_speech_synthesis_server::RivaSpeechSynthesisServer;
+
+/// Everything the simulated backends share.
+#[derive(Debug)]
+pub struct SimState {
+    /// Latencies.
+    pub profile: profile::Profile,
+    /// Random faults.
+    pub faults: profile::Faults,
+    /// Scripted LLM replies.
+    pub script: llm::Script,
+    /// Transcripts for foreign WAV audio.
+    pub sidecars: riva::Sidecars,
+    /// Model name reported when a request names none.
+    pub model: String,
+    /// Speak SSE with every tolerated quirk (comments, CRLF, split events, reasoning, no [DONE]).
+    pub llm_quirks: bool,
+}
+
+/// Addresses the simulator actually listens on (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// Riva gRPC.
+    pub riva: SocketAddr,
+    /// OpenAI-compatible HTTP.
+    pub llm: SocketAddr,
+}
+
+/// Binds both listeners and serves until the process ends. Returns once bound, with the serving
+/// futures spawned on the current runtime.
+pub async fn start(
+    state: Arc<SimState>,
+    riva_addr: SocketAddr,
+    llm_addr: SocketAddr,
+) -> anyhow::Result<(Bound, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    let riva_l = TcpListener::bind(riva_addr).await?;
+    let llm_l = TcpListener::bind(llm_addr).await?;
+    let bound = Bound {
+        riva: riva_l.local_addr()?,
+        llm: llm_l.local_addr()?,
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in [
+        "nvidia.riva.asr.RivaSpeechRecognition",
+        "nvidia.riva.tts.RivaSpeechSynthesis",
+        "voice-sim",
+    ] {
+        reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(100_000))
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(RivaSpeechRecognitionServer::new(riva::Asr(state.clone())))
+        .add_service(RivaSpeechSynthesisServer::new(riva::Tts(state.clone())))
+        .serve_with_incoming(TcpListenerStream::new(riva_l));
+    let http = axum::serve(llm_l, llm::router(state));
+    let handle = tokio::spawn(async move {
+        tokio::select! {
+            r = grpc => r.map_err(anyhow::Error::from),
+            r = http => r.map_err(anyhow::Error::from),
+        }
+    });
+    Ok((bound, handle))
+}

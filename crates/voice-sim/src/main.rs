@@ -1,0 +1,160 @@
+//! `voice-sim`: Riva-compatible ASR/TTS and OpenAI-compatible LLM, simulated. See the crate docs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use voice_sim::{SimState, codec, llm, profile};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "voice-sim",
+    about = "SIMULATOR of Riva ASR/TTS (gRPC) and an OpenAI-compatible LLM (HTTP)"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Riva gRPC listen address (port 0: any free port; the bound one is printed).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    riva_addr: SocketAddr,
+    /// LLM HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    llm_addr: SocketAddr,
+    /// Latency profile: zero, seed, h100.
+    #[arg(long, default_value = "zero")]
+    profile: String,
+    /// Override: ASR final-result delay after the end of speech, ms.
+    #[arg(long)]
+    asr_final_ms: Option<u64>,
+    /// Override: LLM time to first token, ms.
+    #[arg(long)]
+    llm_ttft_ms: Option<u64>,
+    /// Override: LLM delay between tokens, ms.
+    #[arg(long)]
+    llm_token_ms: Option<u64>,
+    /// Override: TTS first-chunk delay, ms.
+    #[arg(long)]
+    tts_first_chunk_ms: Option<u64>,
+    /// Override: TTS real-time factor (wall seconds per second of audio after the first chunk).
+    #[arg(long)]
+    tts_rtf: Option<f64>,
+    /// Probability that a request fails at once.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Probability that a request never answers.
+    #[arg(long, default_value_t = 0.0)]
+    stall_rate: f64,
+    /// Probability that a stream breaks off midway.
+    #[arg(long, default_value_t = 0.0)]
+    disconnect_rate: f64,
+    /// Seed of the fault draw.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// JSON object of scripted replies: {"user text": "reply", "*": "fallback with {user}"}.
+    #[arg(long)]
+    script: Option<PathBuf>,
+    /// Directory of NAME.wav + NAME.txt: the ASR answers NAME.txt for that audio.
+    #[arg(long)]
+    transcripts: Option<PathBuf>,
+    /// Model name reported by /v1/models.
+    #[arg(long, default_value = "voice-sim/llm-simulator")]
+    model: String,
+    /// Speak SSE with every quirk the gateway must tolerate.
+    #[arg(long)]
+    llm_quirks: bool,
+    /// Write the FileDescriptorSet of the simulator's protos to this file and exit.
+    #[arg(long)]
+    dump_descriptors: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Write simulator speech for TEXT as a WAV file (input for voice-client --wav).
+    Speak {
+        /// What the speech says.
+        #[arg(long)]
+        text: String,
+        /// Output WAV.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sample rate.
+        #[arg(long, default_value_t = 16_000)]
+        sample_rate: u32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(path) = &args.dump_descriptors {
+        std::fs::write(path, voice_proto::FILE_DESCRIPTOR_SET)?;
+        return Ok(());
+    }
+    if let Some(Cmd::Speak {
+        text,
+        out,
+        sample_rate,
+    }) = &args.cmd
+    {
+        let pcm = codec::encode_speech(text, *sample_rate);
+        std::fs::write(out, codec::wav_file(*sample_rate, &pcm))?;
+        return Ok(());
+    }
+    let mut p = profile::Profile::by_name(&args.profile)
+        .ok_or_else(|| anyhow::anyhow!("unknown profile {:?} (zero, seed, h100)", args.profile))?;
+    let ms = Duration::from_millis;
+    if let Some(v) = args.asr_final_ms {
+        p.asr_final_delay = ms(v);
+    }
+    if let Some(v) = args.llm_ttft_ms {
+        p.llm_ttft = ms(v);
+    }
+    if let Some(v) = args.llm_token_ms {
+        p.llm_token_delay = ms(v);
+    }
+    if let Some(v) = args.tts_first_chunk_ms {
+        p.tts_first_chunk = ms(v);
+    }
+    if let Some(v) = args.tts_rtf {
+        p.tts_rtf = v;
+    }
+    let script: llm::Script = match &args.script {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        None => Default::default(),
+    };
+    let sidecars = match &args.transcripts {
+        Some(dir) => voice_sim::riva::load_sidecars(dir)?,
+        None => Default::default(),
+    };
+    let state = Arc::new(SimState {
+        profile: p,
+        faults: profile::Faults::new(
+            args.error_rate,
+            args.stall_rate,
+            args.disconnect_rate,
+            args.seed,
+        ),
+        script,
+        sidecars,
+        model: args.model.clone(),
+        llm_quirks: args.llm_quirks,
+    });
+    let (bound, handle) = voice_sim::start(state, args.riva_addr, args.llm_addr).await?;
+    tracing::info!(riva = %bound.riva, llm = %bound.llm, profile = %args.profile, ?p, "voice-sim (SIMULATOR, not a real backend) listening");
+    // Machine-readable line for tests and scripts.
+    println!("voice-sim listening riva={} llm={}", bound.riva, bound.llm);
+    tokio::select! {
+        r = handle => r??,
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
