@@ -1,0 +1,135 @@
+//! Configuration: the seed gateway's environment variables (same names, same defaults), with
+//! command-line flags on top, plus a few of our own (marked "ours").
+
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+/// The seed's system prompt intent: short spoken answers, no markdown, because all is read aloud.
+pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a helpful voice assistant. Answer in one to three \
+short, natural spoken sentences. Do not use markdown, lists, code, or emojis: everything you \
+write is read aloud.";
+
+/// Gateway configuration. Every field reads an environment variable of the same upper-case name.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "voice-gateway",
+    about = "Streaming ASR -> LLM -> TTS voice gateway"
+)]
+pub struct Config {
+    /// Riva gRPC endpoint, `host:port` (or a full `http://` / `https://` URI).
+    #[arg(long, env = "RIVA_URI", default_value = "localhost:50051")]
+    pub riva_uri: String,
+    /// Ours: use TLS to Riva (with the web PKI roots). An `https://` RIVA_URI implies it.
+    #[arg(long, env = "RIVA_USE_TLS", default_value_t = false, action = ArgAction::Set)]
+    pub riva_use_tls: bool,
+    /// Ours: extra gRPC metadata sent to Riva, `key=value` pairs separated by commas
+    /// (e.g. `authorization=Bearer nvapi-…,function-id=…`).
+    #[arg(long, env = "RIVA_METADATA", default_value = "")]
+    pub riva_metadata: String,
+    /// OpenAI-compatible base URL ending in `/v1`.
+    #[arg(
+        long,
+        env = "LLM_SERVICE_URL",
+        default_value = "http://localhost:8000/v1"
+    )]
+    pub llm_service_url: String,
+    /// Bearer token for the LLM (empty: no Authorization header).
+    #[arg(long, env = "LLM_API_KEY", default_value = "", hide_env_values = true)]
+    pub llm_api_key: String,
+    /// gRPC listen port.
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// HTTP port of `/metrics`, `/livez`, `/readyz`.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 8080)]
+    pub metrics_port: u16,
+    /// Ours: listen address (both ports).
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// Seconds that active turns get to finish after SIGTERM.
+    #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value_t = 10.0)]
+    pub shutdown_grace_period: f64,
+    /// `error`, `warn`, `info`, `debug`, `trace` (or a tracing filter directive).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Ours: `json` (one object per line, with the session id) or `text`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+    /// Default ASR language (a session's `language_code` overrides it).
+    #[arg(long, env = "ASR_LANGUAGE", default_value = "en-US")]
+    pub asr_language: String,
+    /// Default audio sample rate (a session's `sample_rate` overrides it).
+    #[arg(long, env = "ASR_SAMPLE_RATE", default_value_t = 16_000)]
+    pub asr_sample_rate: i32,
+    /// Ours: forward interim transcripts to the client.
+    #[arg(long, env = "ASR_INTERIM_RESULTS", default_value_t = true, action = ArgAction::Set)]
+    pub asr_interim_results: bool,
+    /// LLM model name.
+    #[arg(long, env = "LLM_MODEL", default_value = "meta/llama-3.1-8b-instruct")]
+    pub llm_model: String,
+    /// Sampling temperature.
+    #[arg(long, env = "LLM_TEMPERATURE", default_value_t = 0.5)]
+    pub llm_temperature: f64,
+    /// Maximum tokens per reply.
+    #[arg(long, env = "LLM_MAX_TOKENS", default_value_t = 256)]
+    pub llm_max_tokens: u32,
+    /// System prompt.
+    #[arg(long, env = "LLM_SYSTEM_PROMPT", default_value = DEFAULT_SYSTEM_PROMPT)]
+    pub llm_system_prompt: String,
+    /// Ours: ask for `stream_options.include_usage` (token counts from the server).
+    #[arg(long, env = "LLM_INCLUDE_USAGE", default_value_t = true, action = ArgAction::Set)]
+    pub llm_include_usage: bool,
+    /// Ours: seconds from the LLM request to its first streamed byte (connect included).
+    #[arg(long, env = "LLM_FIRST_TOKEN_TIMEOUT", default_value_t = 10.0)]
+    pub llm_first_token_timeout: f64,
+    /// Ours: longest silence, in seconds, inside an LLM stream before it counts as stalled.
+    #[arg(long, env = "LLM_IDLE_TIMEOUT", default_value_t = 10.0)]
+    pub llm_idle_timeout: f64,
+    /// Ours: user/assistant turns of a session's history sent to the LLM.
+    #[arg(long, env = "LLM_HISTORY_TURNS", default_value_t = 8)]
+    pub llm_history_turns: usize,
+    /// TTS voice (empty: the language's default voice).
+    #[arg(long, env = "TTS_VOICE", default_value = "")]
+    pub tts_voice: String,
+    /// TTS output sample rate.
+    #[arg(long, env = "TTS_SAMPLE_RATE", default_value_t = 16_000)]
+    pub tts_sample_rate: i32,
+    /// Ours: longest wait, in seconds, for a Riva answer (TTS chunk, ASR end of stream).
+    #[arg(long, env = "RIVA_TIMEOUT", default_value_t = 10.0)]
+    pub riva_timeout: f64,
+    /// Ours: concurrent StreamAudio calls; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
+    pub max_concurrent_streams: usize,
+    /// Ours: a sentence shorter than this (characters) waits to be joined with the next.
+    #[arg(long, env = "SENTENCE_MIN_CHARS", default_value_t = 6)]
+    pub sentence_min_chars: usize,
+    /// Ours: text longer than this without a sentence end is cut at a clause or word boundary.
+    #[arg(long, env = "SENTENCE_MAX_CHARS", default_value_t = 250)]
+    pub sentence_max_chars: usize,
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+impl Config {
+    /// SHUTDOWN_GRACE_PERIOD as a duration.
+    pub fn grace(&self) -> Duration {
+        secs(self.shutdown_grace_period)
+    }
+    /// LLM_FIRST_TOKEN_TIMEOUT as a duration.
+    pub fn llm_first_token_timeout(&self) -> Duration {
+        secs(self.llm_first_token_timeout)
+    }
+    /// LLM_IDLE_TIMEOUT as a duration.
+    pub fn llm_idle_timeout(&self) -> Duration {
+        secs(self.llm_idle_timeout)
+    }
+    /// RIVA_TIMEOUT as a duration.
+    pub fn riva_timeout(&self) -> Duration {
+        secs(self.riva_timeout)
+    }
+}
+
+/// Sample rates the gateway accepts from clients (what Riva's ASR models take).
+pub const SUPPORTED_SAMPLE_RATES: &[i32] = &[8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000];

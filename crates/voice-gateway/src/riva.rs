@@ -1,0 +1,186 @@
+//! Riva clients: one lazily connected HTTP/2 channel shared by every session, optional TLS,
+//! optional metadata (API keys) on every call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use voice_proto::riva::AudioEncoding;
+use voice_proto::riva::asr::riva_speech_recognition_client::RivaSpeechRecognitionClient;
+use voice_proto::riva::asr::{
+    RecognitionConfig, StreamingRecognitionConfig, StreamingRecognizeRequest,
+    StreamingRecognizeResponse, streaming_recognize_request::StreamingRequest,
+};
+use voice_proto::riva::tts::riva_speech_synthesis_client::RivaSpeechSynthesisClient;
+use voice_proto::riva::tts::{SynthesizeSpeechRequest, SynthesizeSpeechResponse};
+
+/// Adds the configured metadata to every request.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata(Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>);
+
+impl Metadata {
+    /// Parses `k=v,k2=v2` (keys lower-cased; values may contain `=`).
+    pub fn parse(spec: &str) -> anyhow::Result<Self> {
+        let mut v = Vec::new();
+        for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, val) = pair
+                .split_once('=')
+                .ok_or_else(|| anyhow::anyhow!("RIVA_METADATA entry {pair:?} is not key=value"))?;
+            v.push((
+                AsciiMetadataKey::from_bytes(k.trim().to_ascii_lowercase().as_bytes())?,
+                AsciiMetadataValue::try_from(val.trim())?,
+            ));
+        }
+        Ok(Self(Arc::new(v)))
+    }
+}
+
+impl Interceptor for Metadata {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        for (k, v) in self.0.iter() {
+            req.metadata_mut().insert(k.clone(), v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, Metadata>;
+
+/// Riva ASR + TTS + health over one channel.
+#[derive(Debug, Clone)]
+pub struct Riva {
+    channel: Channel,
+    metadata: Metadata,
+}
+
+/// What one ASR request stream needs.
+#[derive(Debug, Clone)]
+pub struct AsrParams {
+    /// BCP-47.
+    pub language: String,
+    /// Hz.
+    pub sample_rate: i32,
+    /// Interim results wanted.
+    pub interim: bool,
+}
+
+impl Riva {
+    /// A lazily connected channel to `uri` (`host:port`, `http://…` or `https://…`).
+    pub fn new(
+        uri: &str,
+        tls: bool,
+        metadata: Metadata,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let tls = tls || uri.starts_with("https://");
+        let full = if uri.contains("://") {
+            uri.to_string()
+        } else if tls {
+            format!("https://{uri}")
+        } else {
+            format!("http://{uri}")
+        };
+        let mut ep = Endpoint::from_shared(full)?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(Some(1 << 20))
+            .initial_connection_window_size(Some(16 << 20));
+        if tls {
+            ep = ep.tls_config(ClientTlsConfig::new().with_webpki_roots())?;
+        }
+        Ok(Self {
+            channel: ep.connect_lazy(),
+            metadata,
+        })
+    }
+
+    fn asr(&self) -> RivaSpeechRecognitionClient<Svc> {
+        RivaSpeechRecognitionClient::with_interceptor(self.channel.clone(), self.metadata.clone())
+            .max_decoding_message_size(64 << 20)
+    }
+
+    fn tts(&self) -> RivaSpeechSynthesisClient<Svc> {
+        RivaSpeechSynthesisClient::with_interceptor(self.channel.clone(), self.metadata.clone())
+            .max_decoding_message_size(64 << 20)
+    }
+
+    /// Opens `StreamingRecognize`: the config goes first, then every chunk sent on the returned
+    /// channel; dropping the sender ends the audio.
+    pub async fn streaming_recognize(
+        &self,
+        p: &AsrParams,
+        audio: mpsc::Receiver<Bytes>,
+    ) -> Result<tonic::Streaming<StreamingRecognizeResponse>, tonic::Status> {
+        let config = StreamingRecognizeRequest {
+            streaming_request: Some(StreamingRequest::StreamingConfig(
+                StreamingRecognitionConfig {
+                    config: Some(RecognitionConfig {
+                        encoding: AudioEncoding::LinearPcm as i32,
+                        sample_rate_hertz: p.sample_rate,
+                        language_code: p.language.clone(),
+                        max_alternatives: 1,
+                        audio_channel_count: 1,
+                        enable_automatic_punctuation: true,
+                        ..Default::default()
+                    }),
+                    interim_results: p.interim,
+                },
+            )),
+            ..Default::default()
+        };
+        let audio = ReceiverStream::new(audio).map(|chunk| StreamingRecognizeRequest {
+            streaming_request: Some(StreamingRequest::AudioContent(chunk)),
+            ..Default::default()
+        });
+        let requests = tokio_stream::once(config).chain(audio);
+        Ok(self.asr().streaming_recognize(requests).await?.into_inner())
+    }
+
+    /// `SynthesizeOnline` of one sentence: the request is sent and the request side closed,
+    /// which both the bidirectional (current) and server-streaming (older) Riva serve.
+    pub async fn synthesize_online(
+        &self,
+        text: String,
+        language: &str,
+        voice: &str,
+        sample_rate: i32,
+    ) -> Result<tonic::Streaming<SynthesizeSpeechResponse>, tonic::Status> {
+        let req = SynthesizeSpeechRequest {
+            text,
+            language_code: language.to_string(),
+            encoding: AudioEncoding::LinearPcm as i32,
+            sample_rate_hz: sample_rate,
+            voice_name: voice.to_string(),
+            ..Default::default()
+        };
+        Ok(self
+            .tts()
+            .synthesize_online(tokio_stream::once(req))
+            .await?
+            .into_inner())
+    }
+
+    /// Whether Riva answers `grpc.health.v1.Health/Check` with SERVING.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        use tonic_health::pb::health_client::HealthClient;
+        let mut c = HealthClient::with_interceptor(self.channel.clone(), self.metadata.clone());
+        let req = tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        };
+        match tokio::time::timeout(timeout, c.check(req)).await {
+            Err(_) => Err("Riva health check timed out".into()),
+            Ok(Err(s)) => Err(format!("Riva health check failed: {}", s.message())),
+            Ok(Ok(r)) if r.get_ref().status == 1 => Ok(()),
+            Ok(Ok(r)) => Err(format!("Riva health status {}", r.get_ref().status)),
+        }
+    }
+}

@@ -1,0 +1,896 @@
+//! One `StreamAudio` call: a conversation of many turns.
+//!
+//! ```text
+//! client ──audio──► [ASR task] ──transcripts──► session loop ──spawn──► turn task
+//!                                                   │                    ├─ LLM reader ──sentences (bounded)──┐
+//!                                                   │                    └─ TTS writer ◄──────────────────────┘
+//! client ◄──────────────── bounded outbound queue (tagged by turn; a barge-in drops its turn's entries)
+//! ```
+//!
+//! The session loop owns the state (history, pending turns, ASR stream); each turn runs in its
+//! own task so a barge-in can stop LLM and TTS at once by aborting it. Inside a turn the LLM
+//! stream keeps being read while earlier sentences are synthesised; the outbound queue,
+//! the sentence queue and the ASR audio queue are all bounded, so a slow client slows its own
+//! turn and nothing grows without bound.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use prometheus_client::metrics::histogram::Histogram;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+use tracing::{Instrument, debug, info, warn};
+use voice_proto::voice::{
+    ClientMessage, EventType, ServerEvent, ServerMessage, TurnTimings, VoiceConfig, client_message,
+    server_message::Content,
+};
+
+use crate::Shared;
+use crate::config::SUPPORTED_SAMPLE_RATES;
+use crate::error::{Stage, TurnError};
+use crate::llm::{ChatMessage, LlmPiece};
+use crate::metrics::{Language, Model};
+use crate::riva::AsrParams;
+use crate::sentence::SentenceSplitter;
+use crate::sse::ThinkFilter;
+
+/// Messages queued for the client (per stream). Bounds memory for a slow reader.
+pub const OUTBOUND_QUEUE: usize = 32;
+/// Audio chunks queued for Riva ASR.
+pub const ASR_AUDIO_QUEUE: usize = 32;
+/// Sentences queued between the LLM reader and the TTS writer.
+pub const SENTENCE_QUEUE: usize = 16;
+/// Final transcripts waiting while a turn is running (the oldest is dropped beyond).
+pub const PENDING_TURNS: usize = 4;
+
+/// An outbound message tagged with its turn (0: not part of a turn, never dropped).
+#[derive(Debug)]
+pub struct Out {
+    turn: u64,
+    msg: Result<ServerMessage, Status>,
+}
+
+/// The response stream: the outbound queue minus the messages of interrupted turns.
+#[derive(Debug)]
+pub struct OutStream {
+    rx: mpsc::Receiver<Out>,
+    floor: Arc<AtomicU64>,
+}
+
+impl OutStream {
+    /// A stream and the queue feeding it.
+    pub fn new() -> (Self, mpsc::Sender<Out>, Arc<AtomicU64>) {
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let floor = Arc::new(AtomicU64::new(0));
+        (
+            Self {
+                rx,
+                floor: floor.clone(),
+            },
+            tx,
+            floor,
+        )
+    }
+}
+
+impl futures::Stream for OutStream {
+    type Item = Result<ServerMessage, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(o)) => {
+                    if o.turn != 0 && o.turn < this.floor.load(Ordering::Acquire) {
+                        continue; // queued output of an interrupted turn
+                    }
+                    return Poll::Ready(Some(o.msg));
+                }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+fn event(t: EventType, message: &str) -> Content {
+    Content::Event(ServerEvent {
+        r#type: t as i32,
+        message: message.to_string(),
+    })
+}
+
+/// Sends to the client on behalf of one turn.
+#[derive(Debug, Clone)]
+struct Tx {
+    tx: mpsc::Sender<Out>,
+    turn: u64,
+}
+
+impl Tx {
+    async fn send(&self, c: Content) -> Result<(), TurnError> {
+        self.tx
+            .send(Out {
+                turn: self.turn,
+                msg: Ok(ServerMessage { content: Some(c) }),
+            })
+            .await
+            .map_err(|_| TurnError::ClientGone)
+    }
+}
+
+/// Metric handles resolved once per session (no label lookups on the hot path).
+#[derive(Debug)]
+struct Handles {
+    asr_latency: Histogram,
+    tts_latency: Histogram,
+    tts_chars: Histogram,
+    llm_ttft: Histogram,
+    llm_total: Histogram,
+    llm_tokens: Histogram,
+    e2e: Histogram,
+    queue_tts: Histogram,
+    queue_client: Histogram,
+}
+
+impl Handles {
+    fn new(shared: &Shared, language: &str) -> Self {
+        let m = &shared.metrics;
+        let lang = Language {
+            language: language.to_string(),
+        };
+        let model = Model {
+            model: shared.llm.model().to_string(),
+        };
+        let stage = |s| {
+            m.queue_seconds
+                .get_or_create(&crate::metrics::Stage { stage: s })
+                .clone()
+        };
+        Self {
+            asr_latency: m.asr_latency.get_or_create(&lang).clone(),
+            tts_latency: m.tts_latency.get_or_create(&lang).clone(),
+            tts_chars: m.tts_characters.get_or_create(&lang).clone(),
+            llm_ttft: m.llm_ttft.get_or_create(&model).clone(),
+            llm_total: m.llm_total.get_or_create(&model).clone(),
+            llm_tokens: m.llm_tokens.get_or_create(&model).clone(),
+            e2e: m.e2e_latency.clone(),
+            queue_tts: stage("tts"),
+            queue_client: stage("client"),
+        }
+    }
+}
+
+/// Everything a turn needs, fixed for the session.
+#[derive(Debug)]
+struct TurnCtx {
+    shared: Arc<Shared>,
+    handles: Handles,
+    language: String,
+    voice: String,
+    timings: bool,
+}
+
+#[derive(Debug)]
+struct Pending {
+    text: String,
+    t0: Instant,
+    asr_ms: f64,
+}
+
+#[derive(Debug)]
+struct Running {
+    id: u64,
+    handle: JoinHandle<Result<String, TurnError>>,
+    user: String,
+    reply: Arc<Mutex<String>>,
+}
+
+/// How a session ends.
+enum End {
+    /// With a gRPC status (INVALID_ARGUMENT …).
+    Status(Status),
+    /// With an ERROR event after a backend failure; the call itself ends OK.
+    Failed(TurnError),
+    /// Quietly: the client is gone.
+    Quiet,
+}
+
+type TurnResult = Result<Result<String, TurnError>, tokio::task::JoinError>;
+
+/// What woke the session loop.
+enum Ev {
+    Turn(TurnResult),
+    Drain,
+    Asr(Option<Result<AsrEvent, Status>>),
+    AsrDeadline,
+    Client(Result<Option<ClientMessage>, Status>),
+}
+
+#[derive(Debug)]
+struct AsrEvent {
+    text: String,
+    is_final: bool,
+}
+
+/// Keeps `voice_gateway_active_streams` right however the session ends.
+struct ActiveGuard(Arc<Shared>);
+
+impl ActiveGuard {
+    fn new(s: &Arc<Shared>) -> Self {
+        s.metrics.active_streams.inc();
+        Self(s.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.metrics.active_streams.dec();
+    }
+}
+
+fn malformed(s: &Status) -> Option<Status> {
+    let m = s.message();
+    (s.code() == tonic::Code::InvalidArgument || m.contains("decode") || m.contains("Decode"))
+        .then(|| Status::invalid_argument(format!("malformed ClientMessage: {m}")))
+}
+
+fn new_session_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("gw-{:x}-{n}", t ^ u64::from(std::process::id()) << 40)
+}
+
+/// Runs one StreamAudio call to its end.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut inbound: Streaming<ClientMessage>,
+    tx: mpsc::Sender<Out>,
+    floor: Arc<AtomicU64>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _active = ActiveGuard::new(&shared);
+    let _permit = permit;
+    let first = inbound.message().await;
+    let config = match first {
+        Ok(Some(ClientMessage {
+            content: Some(client_message::Content::Config(c)),
+        })) => c,
+        Ok(Some(m)) => {
+            let what = match m.content {
+                Some(client_message::Content::AudioChunk(_)) => "audio_chunk",
+                Some(client_message::Content::TextInput(_)) => "text_input",
+                Some(client_message::Content::BargeIn(_)) => "barge_in",
+                _ => "an empty message",
+            };
+            let s = Status::invalid_argument(format!(
+                "{what} before config: the first ClientMessage must be config"
+            ));
+            let _ = tx
+                .send(Out {
+                    turn: 0,
+                    msg: Err(s),
+                })
+                .await;
+            return;
+        }
+        Ok(None) => return,
+        Err(s) => {
+            if let Some(s) = malformed(&s) {
+                let _ = tx
+                    .send(Out {
+                        turn: 0,
+                        msg: Err(s),
+                    })
+                    .await;
+            }
+            return;
+        }
+    };
+    let session = match Session::new(shared, config, tx.clone(), floor) {
+        Ok(s) => s,
+        Err(s) => {
+            let _ = tx
+                .send(Out {
+                    turn: 0,
+                    msg: Err(s),
+                })
+                .await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", session_id = %session.id);
+    session.run(inbound).instrument(span).await;
+}
+
+struct Session {
+    id: String,
+    ctx: Arc<TurnCtx>,
+    tx: mpsc::Sender<Out>,
+    floor: Arc<AtomicU64>,
+    sample_rate: i32,
+    history: VecDeque<ChatMessage>,
+    next_turn: u64,
+    current: Option<Running>,
+    pending: VecDeque<Pending>,
+    asr_audio: Option<mpsc::Sender<Bytes>>,
+    asr_events: Option<mpsc::Receiver<Result<AsrEvent, Status>>>,
+    asr_deadline: Option<Instant>,
+    utterance_start: Option<Instant>,
+    input_closed: bool,
+    draining: bool,
+}
+
+impl Session {
+    fn new(
+        shared: Arc<Shared>,
+        c: VoiceConfig,
+        tx: mpsc::Sender<Out>,
+        floor: Arc<AtomicU64>,
+    ) -> Result<Self, Status> {
+        let cfg = &shared.config;
+        let sample_rate = if c.sample_rate == 0 {
+            cfg.asr_sample_rate
+        } else {
+            c.sample_rate
+        };
+        if !SUPPORTED_SAMPLE_RATES.contains(&sample_rate) {
+            return Err(Status::invalid_argument(format!(
+                "unsupported sample_rate {sample_rate} Hz (supported: {SUPPORTED_SAMPLE_RATES:?}; 0 means ASR_SAMPLE_RATE)"
+            )));
+        }
+        let language = if c.language_code.is_empty() {
+            cfg.asr_language.clone()
+        } else {
+            c.language_code
+        };
+        let id = if c.session_id.is_empty() {
+            new_session_id()
+        } else {
+            c.session_id
+        };
+        let voice = if c.tts_voice.is_empty() {
+            cfg.tts_voice.clone()
+        } else {
+            c.tts_voice
+        };
+        let handles = Handles::new(&shared, &language);
+        Ok(Self {
+            id,
+            ctx: Arc::new(TurnCtx {
+                shared,
+                handles,
+                language,
+                voice,
+                timings: c.enable_timings,
+            }),
+            tx,
+            floor,
+            sample_rate,
+            history: VecDeque::new(),
+            next_turn: 1,
+            current: None,
+            pending: VecDeque::new(),
+            asr_audio: None,
+            asr_events: None,
+            asr_deadline: None,
+            utterance_start: None,
+            input_closed: false,
+            draining: false,
+        })
+    }
+
+    async fn send0(&self, c: Content) -> Result<(), End> {
+        self.tx
+            .send(Out {
+                turn: 0,
+                msg: Ok(ServerMessage { content: Some(c) }),
+            })
+            .await
+            .map_err(|_| End::Quiet)
+    }
+
+    async fn run(mut self, inbound: Streaming<ClientMessage>) {
+        info!(language = %self.ctx.language, sample_rate = self.sample_rate, "session started");
+        let end = self.main_loop(inbound).await;
+        if let Some(r) = self.current.take() {
+            r.handle.abort();
+        }
+        match end {
+            Ok(()) => info!("session ended"),
+            Err(End::Quiet) => info!("client went away"),
+            Err(End::Status(s)) => {
+                warn!(code = ?s.code(), message = s.message(), "session rejected");
+                let _ = self
+                    .tx
+                    .send(Out {
+                        turn: 0,
+                        msg: Err(s),
+                    })
+                    .await;
+            }
+            Err(End::Failed(e)) => {
+                let m = &self.ctx.shared.metrics;
+                if let TurnError::Backend {
+                    stage,
+                    error_type,
+                    message,
+                } = &e
+                {
+                    m.error(*stage, error_type);
+                    m.requests
+                        .get_or_create(&crate::metrics::Status { status: "error" })
+                        .inc();
+                    warn!(%stage, error_type, message, "turn failed");
+                    let _ = self.send0(event(EventType::Error, &e.to_string())).await;
+                }
+            }
+        }
+    }
+
+    async fn main_loop(&mut self, mut inbound: Streaming<ClientMessage>) -> Result<(), End> {
+        self.send0(event(EventType::Listening, "Ready")).await?;
+        let mut drain = self.ctx.shared.drain.clone();
+        loop {
+            let asr_open = self.asr_events.is_some();
+            let has_turn = self.current.is_some();
+            let asr_done = self.input_closed && !asr_open;
+            if (self.draining || asr_done) && self.current.is_none() && self.pending.is_empty() {
+                self.send0(event(EventType::EndOfTurn, "")).await?;
+                return Ok(());
+            }
+            let deadline = self.asr_deadline;
+            let running = self.current.as_mut().map(|r| &mut r.handle);
+            let asr_events = self.asr_events.as_mut();
+            let input_closed = self.input_closed;
+            let draining = self.draining;
+            let ev = tokio::select! {
+                biased;
+                r = async { running.expect("guarded").await }, if has_turn => Ev::Turn(r),
+                _ = drain.wait_for(|d| *d), if !draining => Ev::Drain,
+                ev = async { asr_events.expect("guarded").recv().await }, if asr_open => Ev::Asr(ev),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                    if deadline.is_some() && asr_open => Ev::AsrDeadline,
+                m = inbound.message(), if !input_closed => Ev::Client(m),
+            };
+            match ev {
+                Ev::Turn(r) => self.turn_done(r).await?,
+                Ev::Drain => {
+                    info!("draining: finishing the current turn, then ending the stream");
+                    self.draining = true;
+                    self.pending.clear();
+                    self.asr_audio = None;
+                }
+                Ev::Asr(ev) => self.on_asr(ev).await?,
+                Ev::AsrDeadline => {
+                    warn!("ASR did not close its stream after the end of audio");
+                    self.asr_events = None;
+                    self.asr_deadline = None;
+                }
+                Ev::Client(m) => self.on_client(m).await?,
+            }
+        }
+    }
+
+    async fn on_client(&mut self, m: Result<Option<ClientMessage>, Status>) -> Result<(), End> {
+        let msg = match m {
+            Err(s) => return Err(malformed(&s).map_or(End::Quiet, End::Status)),
+            Ok(None) => {
+                debug!("client closed its side");
+                self.input_closed = true;
+                self.asr_audio = None;
+                if self.asr_events.is_some() {
+                    self.asr_deadline =
+                        Some(Instant::now() + self.ctx.shared.config.riva_timeout());
+                }
+                return Ok(());
+            }
+            Ok(Some(m)) => m,
+        };
+        use client_message::Content as C;
+        match msg.content {
+            None => Err(End::Status(Status::invalid_argument(
+                "ClientMessage has no content (expected audio_chunk, text_input or barge_in)",
+            ))),
+            Some(C::Config(_)) => Err(End::Status(Status::invalid_argument(
+                "config may only be sent once, as the first message",
+            ))),
+            Some(C::AudioChunk(audio)) => {
+                if self.draining || audio.is_empty() {
+                    return Ok(());
+                }
+                if self.asr_audio.as_ref().is_none_or(|a| a.is_closed())
+                    && self.asr_events.is_none()
+                {
+                    self.open_asr();
+                }
+                self.utterance_start.get_or_insert_with(Instant::now);
+                if let Some(a) = &self.asr_audio {
+                    // Bounded: a slow ASR slows the reading of this client, nothing piles up.
+                    let _ = a.send(audio).await;
+                }
+                Ok(())
+            }
+            Some(C::TextInput(text)) => {
+                if text.trim().is_empty() {
+                    return Err(End::Status(Status::invalid_argument("text_input is empty")));
+                }
+                if !self.draining {
+                    self.enqueue(Pending {
+                        text,
+                        t0: Instant::now(),
+                        asr_ms: 0.0,
+                    });
+                }
+                Ok(())
+            }
+            Some(C::BargeIn(_)) => self.barge_in().await,
+        }
+    }
+
+    fn open_asr(&mut self) {
+        let (atx, arx) = mpsc::channel(ASR_AUDIO_QUEUE);
+        let (etx, erx) = mpsc::channel(32);
+        let params = AsrParams {
+            language: self.ctx.language.clone(),
+            sample_rate: self.sample_rate,
+            interim: self.ctx.shared.config.asr_interim_results,
+        };
+        let riva = self.ctx.shared.riva.clone();
+        tokio::spawn(
+            async move {
+                let mut stream = match riva.streaming_recognize(&params, arx).await {
+                    Ok(s) => s,
+                    Err(s) => {
+                        let _ = etx.send(Err(s)).await;
+                        return;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            for r in resp.results {
+                                let Some(alt) = r.alternatives.into_iter().next() else {
+                                    continue;
+                                };
+                                let ev = AsrEvent {
+                                    text: alt.transcript,
+                                    is_final: r.is_final,
+                                };
+                                if etx.send(Ok(ev)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(s) => {
+                            let _ = etx.send(Err(s)).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        self.asr_audio = Some(atx);
+        self.asr_events = Some(erx);
+    }
+
+    async fn on_asr(&mut self, ev: Option<Result<AsrEvent, Status>>) -> Result<(), End> {
+        let ev = match ev {
+            None => {
+                self.asr_events = None;
+                self.asr_audio = None;
+                self.asr_deadline = None;
+                return Ok(());
+            }
+            Some(Err(s)) => return Err(End::Failed(TurnError::from_status(Stage::Asr, &s))),
+            Some(Ok(ev)) => ev,
+        };
+        if !ev.is_final {
+            if !ev.text.is_empty() {
+                self.send0(Content::TranscriptChunk(ev.text)).await?;
+            }
+            return Ok(());
+        }
+        let now = Instant::now();
+        let asr = self.utterance_start.take().map(|t| now - t);
+        if let Some(d) = asr {
+            self.ctx.handles.asr_latency.observe(d.as_secs_f64());
+        }
+        let text = ev.text.trim().to_string();
+        if text.is_empty() {
+            return Ok(());
+        }
+        info!(transcript = %text, asr_ms = asr.map(|d| d.as_secs_f64() * 1e3), "final transcript");
+        self.send0(Content::TranscriptChunk(text.clone())).await?;
+        if !self.draining {
+            self.enqueue(Pending {
+                text,
+                t0: now,
+                asr_ms: asr.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            });
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, p: Pending) {
+        self.pending.push_back(p);
+        if self.pending.len() > PENDING_TURNS {
+            warn!("too many turns waiting; dropping the oldest");
+            self.pending.pop_front();
+        }
+        self.maybe_start();
+    }
+
+    fn maybe_start(&mut self) {
+        if self.current.is_some() || self.draining {
+            return;
+        }
+        let Some(p) = self.pending.pop_front() else {
+            return;
+        };
+        let id = self.next_turn;
+        self.next_turn += 1;
+        let cfg = &self.ctx.shared.config;
+        let mut messages = Vec::with_capacity(self.history.len() + 2);
+        messages.push(ChatMessage {
+            role: "system",
+            content: cfg.llm_system_prompt.clone(),
+        });
+        messages.extend(self.history.iter().cloned());
+        messages.push(ChatMessage {
+            role: "user",
+            content: p.text.clone(),
+        });
+        let reply = Arc::new(Mutex::new(String::new()));
+        let tx = Tx {
+            tx: self.tx.clone(),
+            turn: id,
+        };
+        let fut = run_turn(
+            self.ctx.clone(),
+            tx,
+            messages,
+            p.t0,
+            p.asr_ms,
+            reply.clone(),
+        );
+        let handle = tokio::spawn(fut.instrument(tracing::info_span!("turn", turn = id)));
+        self.current = Some(Running {
+            id,
+            handle,
+            user: p.text,
+            reply,
+        });
+    }
+
+    fn remember(&mut self, user: String, reply: String) {
+        self.history.push_back(ChatMessage {
+            role: "user",
+            content: user,
+        });
+        if !reply.is_empty() {
+            self.history.push_back(ChatMessage {
+                role: "assistant",
+                content: reply,
+            });
+        }
+        let max = self.ctx.shared.config.llm_history_turns * 2;
+        while self.history.len() > max {
+            self.history.pop_front();
+        }
+    }
+
+    async fn turn_done(&mut self, r: TurnResult) -> Result<(), End> {
+        let Some(running) = self.current.take() else {
+            return Ok(());
+        };
+        match r {
+            Ok(Ok(reply)) => {
+                self.ctx
+                    .shared
+                    .metrics
+                    .requests
+                    .get_or_create(&crate::metrics::Status { status: "success" })
+                    .inc();
+                self.remember(running.user, reply);
+                self.send0(event(EventType::Listening, "")).await?;
+                self.maybe_start();
+                Ok(())
+            }
+            Ok(Err(TurnError::ClientGone)) => Err(End::Quiet),
+            Ok(Err(e)) => Err(End::Failed(e)),
+            Err(j) => Err(End::Failed(TurnError::backend(
+                Stage::Llm,
+                "internal",
+                format!("turn task failed: {j}"),
+            ))),
+        }
+    }
+
+    async fn barge_in(&mut self) -> Result<(), End> {
+        let Some(r) = self.current.take() else {
+            debug!("barge-in with no reply in progress");
+            return Ok(());
+        };
+        r.handle.abort();
+        // Everything this turn queued for the client is dropped from here on.
+        self.floor.store(r.id + 1, Ordering::Release);
+        self.ctx.shared.metrics.barge_ins.inc();
+        let partial = r.reply.lock().map(|s| s.clone()).unwrap_or_default();
+        info!(turn = r.id, spoken_chars = partial.len(), "barge-in");
+        self.remember(r.user, partial);
+        self.pending.clear();
+        self.send0(event(EventType::Listening, "Interrupted"))
+            .await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default)]
+struct TtsStats {
+    first_audio: Option<Instant>,
+    last_audio: Option<Instant>,
+    sentences: u32,
+    bytes: u64,
+}
+
+fn ms(a: Instant, b: Option<Instant>) -> f64 {
+    b.map_or(0.0, |b| (b - a).as_secs_f64() * 1e3)
+}
+
+/// One turn: PROCESSING, LLM text, SPEAKING, audio (pipelined), timings. LISTENING is the
+/// session's to send. Returns the reply text for the history.
+async fn run_turn(
+    ctx: Arc<TurnCtx>,
+    tx: Tx,
+    messages: Vec<ChatMessage>,
+    t0: Instant,
+    asr_ms: f64,
+    reply: Arc<Mutex<String>>,
+) -> Result<String, TurnError> {
+    let shared = &ctx.shared;
+    let cfg = &shared.config;
+    let h = &ctx.handles;
+    tx.send(event(EventType::Processing, "")).await?;
+    let (stx, mut srx) = mpsc::channel::<(String, Instant)>(SENTENCE_QUEUE);
+
+    let llm_side = async {
+        let stx = stx;
+        let start = Instant::now();
+        let mut stream = shared.llm.stream(&messages).await?;
+        let mut think = ThinkFilter::default();
+        let mut splitter = SentenceSplitter::new(cfg.sentence_min_chars, cfg.sentence_max_chars);
+        let mut sentences = Vec::new();
+        let mut first = None;
+        let mut pieces = 0u64;
+        let mut usage = None;
+        loop {
+            let visible = match stream.next().await? {
+                Some(LlmPiece::Usage(n)) => {
+                    usage = Some(n);
+                    continue;
+                }
+                Some(LlmPiece::Content(c)) => {
+                    pieces += 1;
+                    think.push(&c)
+                }
+                None => {
+                    let tail = think.finish();
+                    splitter.push(&tail, &mut sentences);
+                    splitter.finish(&mut sentences);
+                    for s in sentences.drain(..) {
+                        let _ = stx.send((s, Instant::now())).await;
+                    }
+                    if !tail.is_empty() {
+                        tx.send(Content::LlmResponseChunk(tail.clone())).await?;
+                        if let Ok(mut r) = reply.lock() {
+                            r.push_str(&tail);
+                        }
+                    }
+                    break;
+                }
+            };
+            if visible.is_empty() {
+                continue;
+            }
+            if first.is_none() {
+                first = Some(Instant::now());
+                h.llm_ttft.observe(start.elapsed().as_secs_f64());
+            }
+            splitter.push(&visible, &mut sentences);
+            for s in sentences.drain(..) {
+                // Bounded: if TTS is far behind, reading the LLM waits.
+                let _ = stx.send((s, Instant::now())).await;
+            }
+            if let Ok(mut r) = reply.lock() {
+                r.push_str(&visible);
+            }
+            tx.send(Content::LlmResponseChunk(visible)).await?;
+        }
+        drop(stx);
+        let end = Instant::now();
+        h.llm_total.observe((end - start).as_secs_f64());
+        let tokens = usage.unwrap_or(pieces);
+        h.llm_tokens.observe(tokens as f64);
+        Ok::<_, TurnError>((first, end, tokens))
+    };
+
+    let tts_side = async {
+        let timeout = cfg.riva_timeout();
+        let rate = cfg.tts_sample_rate;
+        let mut st = TtsStats::default();
+        while let Some((text, queued_at)) = srx.recv().await {
+            h.queue_tts.observe(queued_at.elapsed().as_secs_f64());
+            let chars = text.chars().count();
+            let req_at = Instant::now();
+            let mut stream = tokio::time::timeout(
+                timeout,
+                shared
+                    .riva
+                    .synthesize_online(text, &ctx.language, &ctx.voice, rate),
+            )
+            .await
+            .map_err(|_| TurnError::backend(Stage::Tts, "timeout", "TTS did not answer"))?
+            .map_err(|s| TurnError::from_status(Stage::Tts, &s))?;
+            let mut first = true;
+            loop {
+                let msg = tokio::time::timeout(timeout, stream.message())
+                    .await
+                    .map_err(|_| TurnError::backend(Stage::Tts, "timeout", "TTS stream stalled"))?
+                    .map_err(|s| TurnError::from_status(Stage::Tts, &s))?;
+                let Some(resp) = msg else { break };
+                if resp.audio.is_empty() {
+                    continue;
+                }
+                let now = Instant::now();
+                if first {
+                    first = false;
+                    h.tts_latency.observe((now - req_at).as_secs_f64());
+                }
+                if st.first_audio.is_none() {
+                    st.first_audio = Some(now);
+                    h.e2e.observe((now - t0).as_secs_f64());
+                    tx.send(event(EventType::Speaking, "")).await?;
+                }
+                st.bytes += resp.audio.len() as u64;
+                let before = Instant::now();
+                tx.send(Content::AudioChunk(resp.audio)).await?;
+                let after = Instant::now();
+                h.queue_client.observe((after - before).as_secs_f64());
+                st.last_audio = Some(after);
+            }
+            h.tts_chars.observe(chars as f64);
+            st.sentences += 1;
+        }
+        Ok::<_, TurnError>(st)
+    };
+
+    let ((first_token, llm_end, tokens), st) = tokio::try_join!(llm_side, tts_side)?;
+    if ctx.timings {
+        tx.send(Content::Timings(TurnTimings {
+            asr_ms,
+            llm_first_token_ms: ms(t0, first_token),
+            first_audio_ms: ms(t0, st.first_audio),
+            llm_total_ms: ms(t0, Some(llm_end)),
+            turn_total_ms: ms(t0, st.last_audio.or(Some(llm_end))),
+            llm_tokens: tokens as u32,
+            sentences: st.sentences,
+            audio_bytes: st.bytes,
+        }))
+        .await?;
+    }
+    let text = reply.lock().map(|s| s.clone()).unwrap_or_default();
+    Ok(text)
+}
