@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from upstream Go modules, once per version.
 # Prints the directory that holds etcd, kube-apiserver, kube-controller-manager,
-# kube-scheduler and kwok. Binaries live outside the checkout, keyed by a hash of the pinned
-# versions and go.mod/go.sum, so a fresh clone reuses them and a version change rebuilds.
+# kube-scheduler, kwok, and a kubectl of the same Kubernetes version. Binaries live outside
+# the checkout, keyed by a hash of the pinned versions and go.mod/go.sum, so a fresh clone
+# reuses them and a version change rebuilds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -11,14 +12,17 @@ source "$here/versions.env"
 cache_root=${VOICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/voice-operator}
 key=$( (cat "$here/versions.env" "$here"/k8s/go.mod "$here"/k8s/go.sum "$here"/kwok/go.mod "$here"/kwok/go.sum; go env GOVERSION) | sha256sum | cut -c1-16)
 bin="$cache_root/plane/$key/bin"
-binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+# Binaries of earlier versions are of no further use.
+for old in "$cache_root"/plane/*; do [ "$old" = "$cache_root/plane/$key" ] || rm -rf "$old"; done
+binaries=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kubectl)
 
 missing=()
 for b in "${binaries[@]}"; do [ -x "$bin/$b" ] || missing+=("$b"); done
 if [ ${#missing[@]} -eq 0 ]; then echo "$bin"; exit 0; fi
 
 mkdir -p "$bin"
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
+# -mod=readonly: the build never edits go.mod or go.sum (they are part of the cache key).
+export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=readonly
 major=${K8S_VERSION#v}; major=${major%%.*}
 minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
 vpkg=k8s.io/component-base/version

@@ -1,0 +1,58 @@
+# The verbs of this project. Everything a target needs it builds or installs itself.
+# Build outputs and caches live outside the checkout (CACHE), so a fresh clone is fast.
+SHELL := /bin/bash
+CACHE ?= $(HOME)/.cache/voice-operator
+export CARGO_TARGET_DIR ?= $(CACHE)/target
+export CARGO_TERM_COLOR ?= never
+PLANE_DIR := $(CURDIR)/.cluster
+CRD_FILE := crds/voice.workflow.io_voicepipelines.yaml
+CARGO ?= cargo
+
+.PHONY: help deps plane cluster-up cluster-down fmt lint crds crds-check install run \
+        build test test-unit test-integration bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+deps: ## install the system packages the build and tests use (apt; idempotent)
+	@tools/deps.sh
+
+plane: ## build the control plane's binaries from upstream sources (cached, keyed by version)
+	@tests/plane/build.sh >/dev/null
+
+cluster-up: plane ## start etcd, kube-apiserver, controller-manager, scheduler and kwok on loopback
+	@tests/plane/up.sh
+
+cluster-down: ## stop every process cluster-up started
+	@tests/plane/down.sh
+
+fmt: ## format the Rust code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt check and clippy with warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+crds: ## regenerate crds/ from the Rust types
+	$(CARGO) run -q --locked -p voice-operator -- crd > $(CRD_FILE)
+
+crds-check: crds ## fail when crds/ differs from what the Rust types generate
+	@git diff --exit-code -- crds/ || { echo "crds/ is stale: run 'make crds' and commit it" >&2; exit 1; }
+
+install: ## apply the CRDs to the cluster of $$KUBECONFIG
+	kubectl apply --server-side -f crds/
+
+run: ## run the operator against the cluster of $$KUBECONFIG
+	$(CARGO) run --locked -p voice-operator -- run
+
+build: ## build every binary
+	$(CARGO) build --workspace --locked --bins
+
+test: deps plane lint crds-check ## everything CI runs: lint, drift checks, unit, API-server and end-to-end tests
+	tests/with-plane.sh $(MAKE) --no-print-directory test-unit test-integration
+
+test-unit: ## fast unit tests beside the code
+	$(CARGO) test --workspace --locked --lib --bins
+
+test-integration: ## API-server and end-to-end tests under tests/ (starts the plane if needed)
+	$(CARGO) test --workspace --locked --tests --test '*'

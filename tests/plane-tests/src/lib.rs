@@ -1,0 +1,1 @@
+//! Tests live in `tests/`: they prove the local control plane behaves like a real cluster.
