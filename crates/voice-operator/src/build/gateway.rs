@@ -1,0 +1,424 @@
+//! The gateway's children: config ConfigMap, Deployment, Service, PodDisruptionBudget.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::{Digest, Sha256};
+
+use super::owned_meta;
+use crate::model::{
+    CONFIG_HASH_ANNOTATION, Component, GATEWAY_GRPC_SERVICE_PORT, GATEWAY_METRICS_SERVICE_PORT,
+    Validated,
+};
+
+/// Seconds the pod's termination grace exceeds the gateway's own shutdown grace, so the
+/// kubelet never kills a gateway that is still draining streams.
+pub const TERMINATION_GRACE_MARGIN: i64 = 15;
+/// UID/GID the gateway runs as (distroless "nonroot").
+const NON_ROOT: i64 = 65532;
+
+/// The gateway's runtime configuration, under the environment names of the seed's gateway
+/// (`envFrom` in the Deployment), so the seed's gateway image runs unchanged.
+pub fn build_gateway_config(v: &Validated) -> ConfigMap {
+    let g = &v.spec.gateway;
+    let l = &v.spec.llm;
+    let data = BTreeMap::from([
+        ("RIVA_URI".to_string(), v.riva_uri.clone()),
+        ("LLM_SERVICE_URL".into(), l.url.clone()),
+        ("LLM_MODEL".into(), l.model.clone()),
+        ("LLM_TEMPERATURE".into(), l.temperature.to_string()),
+        ("LLM_MAX_TOKENS".into(), l.max_tokens.to_string()),
+        ("LLM_SYSTEM_PROMPT".into(), l.system_prompt.clone()),
+        ("GRPC_PORT".into(), g.grpc_port.to_string()),
+        ("METRICS_PORT".into(), g.metrics_port.to_string()),
+        (
+            "SHUTDOWN_GRACE_PERIOD".into(),
+            g.shutdown_grace_period_seconds.to_string(),
+        ),
+        (
+            "MAX_CONCURRENT_STREAMS".into(),
+            g.max_concurrent_streams.to_string(),
+        ),
+        ("LOG_LEVEL".into(), g.log_level.as_str().into()),
+        ("ASR_LANGUAGE".into(), g.asr.language.clone()),
+        ("ASR_SAMPLE_RATE".into(), g.asr.sample_rate.to_string()),
+        ("TTS_VOICE".into(), g.tts.voice.clone()),
+        ("TTS_SAMPLE_RATE".into(), g.tts.sample_rate.to_string()),
+    ]);
+    ConfigMap {
+        metadata: owned_meta(v, Component::Gateway, v.child_name(Component::Gateway)),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Hash of everything the gateway reads at start that is not in its pod template: the config
+/// ConfigMap's data and the API key's Secret reference. Set on the pod template, so a change
+/// rolls the pods. (A change inside the Secret itself does not: rotate by naming a new key.)
+pub fn config_hash(config: &ConfigMap, v: &Validated) -> String {
+    let mut h = Sha256::new();
+    for (k, val) in config.data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(val.as_bytes());
+        h.update([0]);
+    }
+    if let Some(s) = &v.spec.llm.api_key_secret_ref {
+        h.update(format!("secret:{}/{}", s.name, s.key).as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The gateway Deployment.
+pub fn build_gateway_deployment(v: &Validated, config_hash: &str) -> Deployment {
+    let g = &v.spec.gateway;
+    let name = v.child_name(Component::Gateway);
+    let mut env = vec![];
+    if let Some(s) = &v.spec.llm.api_key_secret_ref {
+        env.push(EnvVar {
+            name: "LLM_API_KEY".into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: s.name.clone(),
+                    key: s.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let grpc_probe = |period, failures| Probe {
+        grpc: Some(GRPCAction {
+            port: g.grpc_port,
+            service: None,
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(g.image.clone()),
+        image_pull_policy: g.image_pull_policy.map(|p| p.as_str().into()),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("grpc".into()),
+                container_port: g.grpc_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("metrics".into()),
+                container_port: g.metrics_port,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: name.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }]),
+        env: (!env.is_empty()).then_some(env),
+        resources: Some(g.resources.clone()),
+        // Serving only once its gRPC health says SERVING; restarted when its HTTP liveness fails.
+        startup_probe: Some(grpc_probe(2, 30)),
+        readiness_probe: Some(grpc_probe(5, 3)),
+        liveness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/livez".into()),
+                port: IntOrString::String("metrics".into()),
+                scheme: Some("HTTP".into()),
+                ..Default::default()
+            }),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
+            timeout_seconds: Some(2),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        }]),
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: owned_meta(v, Component::Gateway, name),
+        spec: Some(DeploymentSpec {
+            replicas: Some(g.replicas),
+            selector: LabelSelector {
+                match_labels: Some(v.selector_labels(Component::Gateway)),
+                ..Default::default()
+            },
+            // Never fewer serving pods than desired during a rollout: calls are long-lived.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(v.labels(Component::Gateway)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.into(),
+                        config_hash.into(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(
+                        i64::from(g.shutdown_grace_period_seconds) + TERMINATION_GRACE_MARGIN,
+                    ),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(NON_ROOT),
+                        run_as_group: Some(NON_ROOT),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    node_selector: g.node_selector.clone(),
+                    tolerations: g.tolerations.clone(),
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Non-root, read-only root filesystem, no capabilities, no privilege escalation.
+pub(super) fn restricted_container_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The gateway Service: `grpc` 50051 and `metrics` 8080, whatever the container ports.
+pub fn build_gateway_service(v: &Validated) -> Service {
+    Service {
+        metadata: owned_meta(v, Component::Gateway, v.child_name(Component::Gateway)),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(v.selector_labels(Component::Gateway)),
+            ports: Some(vec![
+                ServicePort {
+                    name: Some("grpc".into()),
+                    port: GATEWAY_GRPC_SERVICE_PORT,
+                    target_port: Some(IntOrString::String("grpc".into())),
+                    protocol: Some("TCP".into()),
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                    ..Default::default()
+                },
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: GATEWAY_METRICS_SERVICE_PORT,
+                    target_port: Some(IntOrString::String("metrics".into())),
+                    protocol: Some("TCP".into()),
+                    app_protocol: Some("http".into()),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A PodDisruptionBudget allowing one voluntary disruption at a time, when replicas > 1.
+pub fn build_gateway_pdb(v: &Validated) -> Option<PodDisruptionBudget> {
+    (v.spec.gateway.replicas > 1).then(|| PodDisruptionBudget {
+        metadata: owned_meta(v, Component::Gateway, v.child_name(Component::Gateway)),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(v.selector_labels(Component::Gateway)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::build;
+    use crate::model::validate;
+    use crate::testdata;
+
+    fn env_names(c: &ConfigMap) -> Vec<&str> {
+        c.data
+            .as_ref()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    #[test]
+    fn config_uses_the_seed_environment_names() {
+        let v = validate(&testdata::external()).unwrap();
+        let c = build_gateway_config(&v);
+        for k in [
+            "RIVA_URI",
+            "LLM_SERVICE_URL",
+            "GRPC_PORT",
+            "METRICS_PORT",
+            "SHUTDOWN_GRACE_PERIOD",
+            "LOG_LEVEL",
+            "ASR_LANGUAGE",
+            "ASR_SAMPLE_RATE",
+            "LLM_MODEL",
+            "LLM_TEMPERATURE",
+            "LLM_MAX_TOKENS",
+            "LLM_SYSTEM_PROMPT",
+            "TTS_VOICE",
+            "TTS_SAMPLE_RATE",
+            "MAX_CONCURRENT_STREAMS",
+        ] {
+            assert!(env_names(&c).contains(&k), "missing {k}");
+        }
+        let d = c.data.unwrap();
+        assert_eq!(d["RIVA_URI"], "riva-api.riva.svc:50051");
+        assert_eq!(d["GRPC_PORT"], "50051");
+        assert_eq!(d["LLM_TEMPERATURE"], "0.7");
+        assert_eq!(d["SHUTDOWN_GRACE_PERIOD"], "10");
+    }
+
+    #[test]
+    fn deployment_is_hardened_and_probed() {
+        let v = validate(&testdata::external_full()).unwrap();
+        let d = build(&v).gateway_deployment;
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert_eq!(
+            pod.security_context.unwrap().seccomp_profile.unwrap().type_,
+            "RuntimeDefault"
+        );
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .grpc
+                .as_ref()
+                .unwrap()
+                .port,
+            50051
+        );
+        assert!(c.startup_probe.as_ref().unwrap().grpc.is_some());
+        // Shutdown grace 20 s in this example: the pod gets more.
+        assert!(pod.termination_grace_period_seconds.unwrap() > 20);
+        let key = &c.env.as_ref().unwrap()[0];
+        assert_eq!(key.name, "LLM_API_KEY");
+        assert_eq!(
+            key.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "llm-api-key"
+        );
+    }
+
+    #[test]
+    fn a_config_change_changes_the_pod_template() {
+        let mut vp = testdata::external();
+        let hash = |vp: &voice_types::VoicePipeline| {
+            let d = build(&validate(vp).unwrap()).gateway_deployment;
+            d.spec
+                .unwrap()
+                .template
+                .metadata
+                .unwrap()
+                .annotations
+                .unwrap()[CONFIG_HASH_ANNOTATION]
+                .clone()
+        };
+        let before = hash(&vp);
+        assert_eq!(before, hash(&vp));
+        vp.spec.llm.system_prompt = "Be terse.".into();
+        assert_ne!(before, hash(&vp));
+    }
+
+    #[test]
+    fn service_exposes_grpc_and_metrics() {
+        let s = build_gateway_service(&validate(&testdata::external()).unwrap());
+        let ports: Vec<_> = s
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("grpc".to_string(), 50051), ("metrics".to_string(), 8080)]
+        );
+    }
+
+    #[test]
+    fn pdb_only_with_more_than_one_replica() {
+        let mut vp = testdata::external();
+        assert!(build_gateway_pdb(&validate(&vp).unwrap()).is_none());
+        vp.spec.gateway.replicas = 3;
+        assert!(build_gateway_pdb(&validate(&vp).unwrap()).is_some());
+    }
+}

@@ -1,0 +1,956 @@
+//! The controller: watches, the reconcile pipeline, and the run loop.
+//!
+//! ```text
+//!  VoicePipeline watch ─────────────┐
+//!  Deployment/Service/PDB/ConfigMap  ├─► Controller ─► reconcile ─► read → validate → build
+//!   watches (label managed-by=…)     │    (bounded         │                      → apply → status
+//!  ServiceMonitor/PrometheusRule ────┤    concurrency)     └► error_policy: backoff per pipeline
+//!   watches, started once the CRDs   │
+//!   are served (discovery poll) ─────┘ + reconcile-all when they appear
+//! ```
+//!
+//! One controller runs per watched namespace (or one for all namespaces); each keeps its own
+//! watch caches, so an operator scoped to a test's namespace never touches another's pipelines.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::core::DeserializeGuard;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use voice_types::{VoicePipeline, VoicePipelineStatus};
+
+use crate::admin::{self, Health};
+use crate::apply::{Applier, ApplyError};
+use crate::build::{Children, build};
+use crate::leader::Elector;
+use crate::metrics::Metrics;
+use crate::model::{
+    Component, DASHBOARD_FINALIZER, LABEL_PIPELINE_NAMESPACE, OPERATOR, ValidateError, Validated,
+    validate,
+};
+use crate::monitoring_crds::{PrometheusRule, ServiceMonitor};
+use crate::status::{self, Observed, Outcome, PassError, Rollout};
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Namespaces to watch; empty: all namespaces.
+    pub namespaces: Vec<String>,
+    /// Admin address (`/metrics`, `/livez`, `/readyz`); port 0 picks a free one.
+    pub admin_addr: SocketAddr,
+    /// Most pipelines reconciled at once.
+    pub concurrency: u16,
+    /// Leader election, if enabled.
+    pub leader_election: Option<LeaderElection>,
+    /// How often to look for the monitoring.coreos.com CRDs.
+    pub crd_poll_interval: Duration,
+    /// Instance name in Events (pod name).
+    pub instance: Option<String>,
+}
+
+/// Where the leader Lease lives.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// This replica's identity (pod name).
+    pub identity: String,
+    /// Lease duration.
+    pub lease_duration: Duration,
+}
+
+/// Whether the Prometheus Operator's kinds are served, updated by discovery.
+#[derive(Debug, Default)]
+pub struct MonitoringKinds {
+    /// `servicemonitors.monitoring.coreos.com` is served.
+    pub service_monitors: AtomicBool,
+    /// `prometheusrules.monitoring.coreos.com` is served.
+    pub prometheus_rules: AtomicBool,
+}
+
+/// The watch caches of the children.
+#[derive(Clone, Debug)]
+pub struct Stores {
+    /// Deployments (gateway, Riva).
+    pub deployments: Store<Deployment>,
+    /// Services.
+    pub services: Store<Service>,
+    /// PodDisruptionBudgets.
+    pub pdbs: Store<PodDisruptionBudget>,
+    /// ConfigMaps (gateway config, dashboards).
+    pub config_maps: Store<ConfigMap>,
+    /// ServiceMonitors (empty until the CRD is served).
+    pub service_monitors: Store<ServiceMonitor>,
+    /// PrometheusRules (empty until the CRD is served).
+    pub prometheus_rules: Store<PrometheusRule>,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Publishes Events about pipelines.
+    pub recorder: Recorder,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Server-side apply with steady-state skipping.
+    pub applier: Arc<Applier>,
+    /// Children's watch caches.
+    pub stores: Stores,
+    /// Which monitoring kinds are served.
+    pub monitoring: Arc<MonitoringKinds>,
+    /// Consecutive failures per pipeline, for backoff.
+    failures: std::sync::Mutex<HashMap<ObjectRef<DeserializeGuard<VoicePipeline>>, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Why a reconcile failed: it is retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// A child could not be applied or deleted.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// The pipeline's own status or finalizers could not be written.
+    #[error("write {what} of VoicePipeline {namespace}/{name}: {source}")]
+    Pipeline {
+        /// `status` or `finalizers`.
+        what: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ReconcileError {
+    /// CamelCase reason for metrics and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Apply(e) => e.reason(),
+            Self::Pipeline { what: "status", .. } => "StatusWriteFailed",
+            Self::Pipeline { .. } => "FinalizerWriteFailed",
+        }
+    }
+}
+
+/// Field manager of a scope.
+fn manager(scope: &str) -> String {
+    format!("{OPERATOR}/{scope}")
+}
+
+// === reconcile ===
+
+async fn reconcile(
+    guard: Arc<DeserializeGuard<VoicePipeline>>,
+    ctx: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = match &guard.0 {
+        Ok(vp) => reconcile_pipeline(vp, &ctx).await,
+        Err(invalid) => {
+            // A malformed object (e.g. stored before the CRD's schema): log, tell its owner, skip.
+            let m = &invalid.metadata;
+            tracing::warn!(namespace = ?m.namespace, name = ?m.name, error = %invalid.error, "skipping malformed VoicePipeline");
+            ctx.metrics.error("MalformedObject");
+            let reference = guard.object_ref(&());
+            let _ = ctx
+                .recorder
+                .publish(
+                    &Event {
+                        type_: EventType::Warning,
+                        reason: "MalformedObject".into(),
+                        note: Some(truncate(
+                            &format!("cannot read this VoicePipeline: {}", invalid.error),
+                            1000,
+                        )),
+                        action: "Read".into(),
+                        secondary: None,
+                    },
+                    &reference,
+                )
+                .await;
+            Ok(Action::await_change())
+        }
+    };
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("not poisoned")
+            .remove(&ObjectRef::from_obj(guard.as_ref()));
+    }
+    result
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = vp.namespace().unwrap_or_default();
+    let api: Api<VoicePipeline> = Api::namespaced(ctx.client.clone(), &ns);
+
+    if vp.metadata.deletion_timestamp.is_some() {
+        return finalize(vp, ctx, &api).await;
+    }
+
+    // validate (pure)
+    let v = match validate(vp) {
+        Ok(v) => v,
+        Err(e) => return stall_invalid(vp, ctx, &api, &e).await,
+    };
+
+    // Dashboards outside the namespace need the finalizer before they exist.
+    let foreign_before = foreign_dashboards_ns(vp);
+    let needs_finalizer = v.dashboards_elsewhere() || foreign_before.is_some();
+    if needs_finalizer && !vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER) {
+        set_finalizer(vp, ctx, &api, true).await?;
+    }
+
+    // build (pure), then apply
+    let children = build(&v);
+    let mut observed = apply_children(&v, children, ctx).await;
+
+    // A dashboard that moved or was switched off: remove the old one.
+    if let Some(old_ns) = &foreign_before
+        && (Some(old_ns) != observed.dashboards_namespace.as_ref())
+        && let Err(e) = ctx
+            .applier
+            .delete::<ConfigMap>(old_ns, &v.child_name(Component::Dashboards))
+            .await
+    {
+        observed.error.get_or_insert(pass_error(&e));
+    }
+    if !needs_finalizer_after(&v, &observed)
+        && vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER)
+        && observed.error.is_none()
+    {
+        set_finalizer(vp, ctx, &api, false).await?;
+    }
+
+    // status (pure), written only when it changed
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new = status::compute(&v, vp.status.as_ref(), &observed, &now);
+    write_status(vp, ctx, &api, &new).await?;
+
+    if let Some(err) = &observed.error {
+        publish(ctx, vp, EventType::Warning, &err.reason, &err.message).await;
+        ctx.metrics.error(&err.reason);
+        // Retry with backoff; the status already says why.
+        return Ok(Action::requeue(backoff(ctx, vp)));
+    }
+    Ok(Action::await_change())
+}
+
+fn needs_finalizer_after(v: &Validated, o: &Observed) -> bool {
+    v.dashboards_elsewhere()
+        || o.dashboards_namespace
+            .as_ref()
+            .is_some_and(|d| d != &v.namespace)
+}
+
+fn foreign_dashboards_ns(vp: &VoicePipeline) -> Option<String> {
+    let ns = vp.namespace()?;
+    vp.status
+        .as_ref()?
+        .dashboards_namespace
+        .clone()
+        .filter(|d| *d != ns)
+}
+
+fn pass_error(e: &ApplyError) -> PassError {
+    let hint = match e.reason() {
+        "Forbidden" => ": the operator's RBAC does not allow this (see deploy/rbac.yaml)",
+        "Invalid" => ": the API server rejected the object",
+        _ => "",
+    };
+    PassError {
+        reason: e.reason().into(),
+        message: format!("{e}{hint}"),
+        permanent: e.is_permanent(),
+    }
+}
+
+fn backoff(ctx: &Context, vp: &VoicePipeline) -> Duration {
+    let key = ObjectRef::<DeserializeGuard<VoicePipeline>>::new(&vp.name_any())
+        .within(&vp.namespace().unwrap_or_default());
+    let mut f = ctx.failures.lock().expect("not poisoned");
+    let n = f.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    Duration::from_millis((500u64 << (*n).min(10)).min(300_000))
+}
+
+/// Applies every child in order; records what it saw for the status step.
+async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Observed {
+    let s = &ctx.stores;
+    let a = &ctx.applier;
+    let ns = v.namespace.as_str();
+    let mut obs = Observed {
+        gateway: None,
+        riva: None,
+        monitoring: Outcome::Applied,
+        dashboards: Outcome::Disabled,
+        error: None,
+        dashboards_namespace: None,
+    };
+    let Children {
+        gateway_config,
+        gateway_deployment,
+        gateway_service,
+        gateway_pdb,
+        riva_deployment,
+        riva_service,
+        gateway_service_monitor,
+        riva_service_monitor,
+        prometheus_rule,
+        dashboard,
+    } = children;
+    let gw = v.child_name(Component::Gateway);
+    let riva = v.child_name(Component::Riva);
+    let dash_name = v.child_name(Component::Dashboards);
+
+    // Core: gateway and Riva. Riva first: the gateway starts against it.
+    let core = async {
+        if let Some(d) = &riva_deployment {
+            a.apply(
+                riva_service.as_ref().expect("built with the Deployment"),
+                "riva",
+                Some(&s.services),
+            )
+            .await?;
+            obs.riva = a
+                .apply(d, "riva", Some(&s.deployments))
+                .await?
+                .map(|d| Rollout::of(&d));
+        }
+        a.apply(&gateway_config, "gateway", Some(&s.config_maps))
+            .await?;
+        a.apply(&gateway_service, "gateway", Some(&s.services))
+            .await?;
+        obs.gateway = a
+            .apply(&gateway_deployment, "gateway", Some(&s.deployments))
+            .await?
+            .map(|d| Rollout::of(&d));
+        if let Some(pdb) = &gateway_pdb {
+            a.apply(pdb, "gateway", Some(&s.pdbs)).await?;
+        }
+        // Children of switched-off components.
+        let deployments: Vec<&str> = [
+            Some(gw.as_str()),
+            riva_deployment.as_ref().map(|_| riva.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        a.delete_orphans(&s.deployments, ns, &v.name, &deployments)
+            .await?;
+        a.delete_orphans(&s.services, ns, &v.name, &deployments)
+            .await?;
+        let pdbs: Vec<&str> = gateway_pdb
+            .as_ref()
+            .map(|_| gw.as_str())
+            .into_iter()
+            .collect();
+        a.delete_orphans(&s.pdbs, ns, &v.name, &pdbs).await?;
+        Ok::<_, ApplyError>(())
+    }
+    .await;
+    if let Err(e) = core {
+        obs.error = Some(pass_error(&e));
+    }
+
+    // Monitoring: only the kinds the API server serves.
+    let mon = &ctx.monitoring;
+    let sm_served = mon.service_monitors.load(Ordering::Relaxed);
+    let pr_served = mon.prometheus_rules.load(Ordering::Relaxed);
+    let want_sm = gateway_service_monitor.is_some() || riva_service_monitor.is_some();
+    let want_pr = prometheus_rule.is_some();
+    let missing: Vec<&str> = [
+        (want_sm && !sm_served, "ServiceMonitor"),
+        (want_pr && !pr_served, "PrometheusRule"),
+    ]
+    .into_iter()
+    .filter_map(|(m, k)| m.then_some(k))
+    .collect();
+    let monitoring = async {
+        if sm_served {
+            let mut keep = vec![];
+            for sm in [&gateway_service_monitor, &riva_service_monitor]
+                .into_iter()
+                .flatten()
+            {
+                a.apply(sm, "monitoring", Some(&s.service_monitors)).await?;
+                keep.push(sm.name_any());
+            }
+            let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+            a.delete_orphans(&s.service_monitors, ns, &v.name, &keep)
+                .await?;
+        }
+        if pr_served {
+            let mut keep = vec![];
+            if let Some(pr) = &prometheus_rule {
+                a.apply(pr, "monitoring", Some(&s.prometheus_rules)).await?;
+                keep.push(pr.name_any());
+            }
+            let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+            a.delete_orphans(&s.prometheus_rules, ns, &v.name, &keep)
+                .await?;
+        }
+        Ok::<_, ApplyError>(())
+    }
+    .await;
+    obs.monitoring = match monitoring {
+        Err(e) if e.is_not_found() => {
+            // The CRD went away since discovery looked: say so and look again.
+            mon.service_monitors.store(false, Ordering::Relaxed);
+            mon.prometheus_rules.store(false, Ordering::Relaxed);
+            Outcome::CrdsMissing("ServiceMonitor, PrometheusRule".into())
+        }
+        Err(e) => {
+            let out = Outcome::Failed(e.to_string());
+            obs.error.get_or_insert(pass_error(&e));
+            out
+        }
+        Ok(()) if !missing.is_empty() => Outcome::CrdsMissing(missing.join(", ")),
+        Ok(()) if !want_sm && !want_pr => Outcome::Disabled,
+        Ok(()) => Outcome::Applied,
+    };
+
+    // Dashboards (maybe in another namespace) and the gateway ConfigMap's orphans.
+    let dashboards = async {
+        let mut keep = vec![gw.as_str()];
+        if let Some(d) = &dashboard {
+            let dns = d.namespace().unwrap_or_default();
+            let cache = (dns == ns).then_some(&s.config_maps);
+            a.apply(d, "dashboards", cache).await?;
+            if dns == ns {
+                keep.push(dash_name.as_str());
+            }
+            obs.dashboards_namespace = Some(dns);
+        }
+        a.delete_orphans(&s.config_maps, ns, &v.name, &keep).await?;
+        Ok::<_, ApplyError>(())
+    }
+    .await;
+    obs.dashboards = match (dashboards, &dashboard) {
+        (Err(e), _) => {
+            let out = Outcome::Failed(e.to_string());
+            obs.error.get_or_insert(pass_error(&e));
+            out
+        }
+        (Ok(()), Some(_)) => Outcome::Applied,
+        (Ok(()), None) => Outcome::Disabled,
+    };
+    obs
+}
+
+async fn write_status(
+    vp: &VoicePipeline,
+    ctx: &Context,
+    api: &Api<VoicePipeline>,
+    new: &VoicePipelineStatus,
+) -> Result<(), ReconcileError> {
+    if vp.status.as_ref() == Some(new) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": VoicePipeline::api_version(&()),
+        "kind": VoicePipeline::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &vp.name_any(),
+        &PatchParams::apply(&manager("status")).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| ReconcileError::Pipeline {
+        what: "status",
+        namespace: vp.namespace().unwrap_or_default(),
+        name: vp.name_any(),
+        source,
+    })?;
+    ctx.metrics.write("VoicePipeline", "status");
+    Ok(())
+}
+
+async fn stall_invalid(
+    vp: &VoicePipeline,
+    ctx: &Context,
+    api: &Api<VoicePipeline>,
+    e: &ValidateError,
+) -> Result<Action, ReconcileError> {
+    let msg = format!("invalid spec: {e}");
+    tracing::warn!(namespace = ?vp.namespace(), name = %vp.name_any(), error = %e, "invalid VoicePipeline");
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let new = status::invalid(vp.metadata.generation, vp.status.as_ref(), &msg, &now);
+    if vp.status.as_ref() != Some(&new) {
+        publish(ctx, vp, EventType::Warning, "InvalidSpec", &msg).await;
+        ctx.metrics.error("InvalidSpec");
+    }
+    write_status(vp, ctx, api, &new).await?;
+    Ok(Action::await_change())
+}
+
+async fn set_finalizer(
+    vp: &VoicePipeline,
+    ctx: &Context,
+    api: &Api<VoicePipeline>,
+    present: bool,
+) -> Result<(), ReconcileError> {
+    let mut finalizers: Vec<String> = vp
+        .finalizers()
+        .iter()
+        .filter(|f| *f != DASHBOARD_FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(DASHBOARD_FINALIZER.into());
+    }
+    // resourceVersion makes this a compare-and-swap: no finalizer of someone else is lost.
+    let patch =
+        json!({"metadata": {"finalizers": finalizers, "resourceVersion": vp.resource_version()}});
+    api.patch(
+        &vp.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map_err(|source| ReconcileError::Pipeline {
+        what: "finalizers",
+        namespace: vp.namespace().unwrap_or_default(),
+        name: vp.name_any(),
+        source,
+    })?;
+    ctx.metrics.write("VoicePipeline", "finalizer");
+    Ok(())
+}
+
+/// On delete: owner references let the garbage collector remove the children in the
+/// namespace; the dashboards elsewhere are removed here before the finalizer goes.
+async fn finalize(
+    vp: &VoicePipeline,
+    ctx: &Context,
+    api: &Api<VoicePipeline>,
+) -> Result<Action, ReconcileError> {
+    if !vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let name = format!(
+        "voice-dashboard-{}-{}",
+        vp.namespace().unwrap_or_default(),
+        vp.name_any()
+    );
+    let mut namespaces: Vec<String> = vp
+        .spec
+        .observability
+        .dashboards
+        .namespace
+        .iter()
+        .cloned()
+        .collect();
+    namespaces.extend(foreign_dashboards_ns(vp));
+    namespaces.dedup();
+    for ns in namespaces {
+        if let Err(e) = ctx.applier.delete::<ConfigMap>(&ns, &name).await {
+            publish(
+                ctx,
+                vp,
+                EventType::Warning,
+                e.reason(),
+                &format!("cannot remove the dashboard: {e}"),
+            )
+            .await;
+            return Err(e.into());
+        }
+    }
+    set_finalizer(vp, ctx, api, false).await?;
+    Ok(Action::await_change())
+}
+
+async fn publish(ctx: &Context, vp: &VoicePipeline, type_: EventType, reason: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(note, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    match ctx.recorder.publish(&ev, &vp.object_ref(&())).await {
+        Ok(()) => ctx.metrics.write("Event", "create"),
+        Err(e) => tracing::warn!(error = %e, "cannot publish event"),
+    }
+}
+
+fn error_policy(
+    guard: Arc<DeserializeGuard<VoicePipeline>>,
+    err: &ReconcileError,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(object = ?ObjectRef::from_obj(guard.as_ref()), error = %err, "reconcile failed");
+    ctx.metrics.error(err.reason());
+    let mut f = ctx.failures.lock().expect("not poisoned");
+    let n = f.entry(ObjectRef::from_obj(guard.as_ref())).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(Duration::from_millis((500u64 << (*n).min(10)).min(300_000)))
+}
+
+// === watches ===
+
+/// Watch of kind `K` in `ns` (all when `None`) with the operator's label, reflected into a
+/// store, yielding touched objects (deletes included: a deleted child is recreated).
+fn reflect<K>(
+    client: &Client,
+    ns: Option<&str>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let wc = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={OPERATOR}"));
+    let stream = watcher(api, wc)
+        .default_backoff()
+        // Managed fields are large and never read: keep the caches small.
+        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Like [`reflect`], but the watch starts only once `served` says the kind is served.
+fn reflect_when_served<K>(
+    client: &Client,
+    ns: Option<&str>,
+    mut served: tokio::sync::watch::Receiver<bool>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, stream) = reflect::<K>(client, ns);
+    let gated = futures::stream::once(async move {
+        let _ = served.wait_for(|s| *s).await;
+        stream
+    })
+    .flatten();
+    (reader, gated)
+}
+
+/// The pipeline a child belongs to, from the operator's labels.
+fn owner_of<K: Resource>(o: &K) -> Option<ObjectRef<DeserializeGuard<VoicePipeline>>> {
+    let l = o.labels();
+    if l.get("app.kubernetes.io/managed-by").map(String::as_str) != Some(OPERATOR) {
+        return None;
+    }
+    let name = l.get("app.kubernetes.io/instance")?;
+    let ns = l
+        .get(LABEL_PIPELINE_NAMESPACE)
+        .cloned()
+        .or_else(|| o.namespace())?;
+    Some(ObjectRef::new(name).within(&ns))
+}
+
+// === discovery of the monitoring CRDs ===
+
+async fn poll_monitoring_kinds(
+    client: Client,
+    kinds: Arc<MonitoringKinds>,
+    interval: Duration,
+    sm_tx: tokio::sync::watch::Sender<bool>,
+    pr_tx: tokio::sync::watch::Sender<bool>,
+    reconcile_all: tokio::sync::mpsc::UnboundedSender<()>,
+) {
+    loop {
+        let (sm, pr) = match client
+            .list_api_group_resources("monitoring.coreos.com/v1")
+            .await
+        {
+            Ok(list) => (
+                list.resources.iter().any(|r| r.name == "servicemonitors"),
+                list.resources.iter().any(|r| r.name == "prometheusrules"),
+            ),
+            Err(kube::Error::Api(s)) if s.code == 404 => (false, false),
+            Err(e) => {
+                tracing::warn!(error = %e, "discovery of monitoring.coreos.com failed");
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        let before = (
+            kinds.service_monitors.load(Ordering::Relaxed),
+            kinds.prometheus_rules.load(Ordering::Relaxed),
+        );
+        kinds.service_monitors.store(sm, Ordering::Relaxed);
+        kinds.prometheus_rules.store(pr, Ordering::Relaxed);
+        sm_tx.send_if_modified(|v| std::mem::replace(v, sm) != sm);
+        pr_tx.send_if_modified(|v| std::mem::replace(v, pr) != pr);
+        if before != (sm, pr) {
+            tracing::info!(
+                service_monitors = sm,
+                prometheus_rules = pr,
+                "monitoring.coreos.com kinds changed"
+            );
+            let _ = reconcile_all.send(());
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+// === run ===
+
+/// Runs the operator until `shutdown` resolves (or leadership is lost).
+pub async fn run(
+    cfg: RunConfig,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let listener = admin::bind(cfg.admin_addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "admin endpoints /metrics /livez /readyz");
+    let admin_stop = wait_stop(stop_rx.clone());
+    let admin_task = tokio::spawn(admin::serve(listener, registry, health.clone(), admin_stop));
+    {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing reconciles in flight");
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let elector = cfg.leader_election.as_ref().map(|le| {
+        Elector::new(
+            client.clone(),
+            &le.namespace,
+            &le.name,
+            &le.identity,
+            le.lease_duration,
+        )
+    });
+    if let Some(e) = &elector {
+        health.standby.store(true, Ordering::Relaxed);
+        tracing::info!("waiting for the leader Lease");
+        tokio::select! {
+            () = e.acquire() => {}
+            () = wait_stop(stop_rx.clone()) => {
+                health.stopped.store(true, Ordering::Relaxed);
+                let _ = admin_task.await;
+                return Ok(());
+            }
+        }
+        health.standby.store(false, Ordering::Relaxed);
+        metrics.leader.set(1);
+        tracing::info!("leading");
+        let e = e.clone();
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            e.hold().await;
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    let reporter = Reporter {
+        controller: OPERATOR.into(),
+        instance: cfg.instance.clone(),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let applier = Arc::new(Applier::new(client.clone(), metrics.clone()));
+    let kinds = Arc::new(MonitoringKinds::default());
+    let (sm_tx, sm_rx) = tokio::sync::watch::channel(false);
+    let (pr_tx, pr_rx) = tokio::sync::watch::channel(false);
+
+    let scopes: Vec<Option<String>> = if cfg.namespaces.is_empty() {
+        vec![None]
+    } else {
+        cfg.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut reconcile_all_txs = vec![];
+    let mut controllers = vec![];
+    let synced_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for scope in scopes {
+        let ns = scope.as_deref();
+        let (deployments, dep_stream) = reflect::<Deployment>(&client, ns);
+        let (services, svc_stream) = reflect::<Service>(&client, ns);
+        let (pdbs, pdb_stream) = reflect::<PodDisruptionBudget>(&client, ns);
+        let (config_maps, cm_stream) = reflect::<ConfigMap>(&client, ns);
+        let (service_monitors, sm_stream) =
+            reflect_when_served::<ServiceMonitor>(&client, ns, sm_rx.clone());
+        let (prometheus_rules, pr_stream) =
+            reflect_when_served::<PrometheusRule>(&client, ns, pr_rx.clone());
+        let stores = Stores {
+            deployments,
+            services,
+            pdbs,
+            config_maps,
+            service_monitors,
+            prometheus_rules,
+        };
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            recorder: recorder.clone(),
+            metrics: metrics.clone(),
+            applier: applier.clone(),
+            stores: stores.clone(),
+            monitoring: kinds.clone(),
+            failures: Default::default(),
+        });
+        let api: Api<DeserializeGuard<VoicePipeline>> = match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let (all_tx, mut all_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        reconcile_all_txs.push(all_tx);
+        let all_stream = futures::stream::poll_fn(move |cx| all_rx.poll_recv(cx));
+        let controller = Controller::new(api, watcher::Config::default())
+            .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
+            .watches_stream(dep_stream, |o| owner_of(&o))
+            .watches_stream(svc_stream, |o| owner_of(&o))
+            .watches_stream(pdb_stream, |o| owner_of(&o))
+            .watches_stream(cm_stream, |o| owner_of(&o))
+            .watches_stream(sm_stream, |o| owner_of(&o))
+            .watches_stream(pr_stream, |o| owner_of(&o))
+            .reconcile_all_on(all_stream)
+            .graceful_shutdown_on(wait_stop(stop_rx.clone()));
+        let store = controller.store();
+        // Ready once the pipeline watch and the core child caches have listed once.
+        {
+            let health = health.clone();
+            let synced_count = synced_count.clone();
+            let stores = stores.clone();
+            let total = if cfg.namespaces.is_empty() {
+                1
+            } else {
+                cfg.namespaces.len()
+            };
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let _ = store.wait_until_ready().await;
+                let _ = stores.deployments.wait_until_ready().await;
+                let _ = stores.services.wait_until_ready().await;
+                let _ = stores.config_maps.wait_until_ready().await;
+                let _ = stores.pdbs.wait_until_ready().await;
+                if synced_count.fetch_add(1, Ordering::SeqCst) + 1 == total {
+                    health.synced.store(true, Ordering::Relaxed);
+                    tracing::info!("watches synced");
+                }
+                loop {
+                    metrics
+                        .pipelines
+                        .set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            });
+        }
+        controllers.push(
+            controller
+                .run(reconcile, error_policy, ctx)
+                .for_each(|res| async move {
+                    match res {
+                        Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                        Err(e) => tracing::warn!(error = %e, "controller"),
+                    }
+                }),
+        );
+    }
+    let fan_out = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        tokio::spawn(async move {
+            let mut rx = rx;
+            while rx.recv().await.is_some() {
+                for t in &reconcile_all_txs {
+                    let _ = t.send(());
+                }
+            }
+        });
+        tx
+    };
+    let poller = tokio::spawn(poll_monitoring_kinds(
+        client.clone(),
+        kinds.clone(),
+        cfg.crd_poll_interval,
+        sm_tx,
+        pr_tx,
+        fan_out,
+    ));
+
+    futures::future::join_all(controllers).await;
+    poller.abort();
+    health.stopped.store(true, Ordering::Relaxed);
+    metrics.leader.set(0);
+    let lost = !*stop_rx.borrow();
+    if let Some(e) = &elector {
+        e.release().await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    if lost {
+        anyhow::bail!("controller stopped unexpectedly");
+    }
+    Ok(())
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

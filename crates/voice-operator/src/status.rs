@@ -1,0 +1,521 @@
+//! The status step, pure: what was observed this pass → the pipeline's `status`.
+//!
+//! kstatus rules, as Flux and `kubectl wait` read them:
+//! - `Ready=True` only when the gateway (and a managed Riva) are available at the current
+//!   generation and the last pass had no error;
+//! - `Stalled=True` when progress needs a person: a spec the operator cannot build, a
+//!   permanent API error (invalid, forbidden), or a rollout past its progress deadline;
+//! - `Reconciling=True` otherwise while not ready (rolling out, retrying).
+//!
+//! Monitoring and dashboards do not gate `Ready`: without the Prometheus Operator's CRDs the
+//! pipeline still serves calls; `MonitoringConfigured=False` says why nothing scrapes it.
+//! `lastTransitionTime` is carried over from the old condition unless `status` changes, so a
+//! pass that observes nothing new computes an equal status and writes nothing.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use voice_types::{
+    CONDITION_DASHBOARDS, CONDITION_GATEWAY, CONDITION_MONITORING, CONDITION_READY,
+    CONDITION_RECONCILING, CONDITION_RIVA, CONDITION_STALLED, GatewayStatus, RivaStatus,
+    VoicePipelineStatus,
+};
+
+use crate::model::Validated;
+
+/// Rollout state of a Deployment as read from its status.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rollout {
+    /// Desired replicas.
+    pub desired: i32,
+    /// Ready replicas.
+    pub ready: i32,
+    /// Replicas with the current template.
+    pub updated: i32,
+    /// Available replicas.
+    pub available: i32,
+    /// The Deployment controller has seen the current spec.
+    pub observed: bool,
+    /// `Progressing=False` with reason `ProgressDeadlineExceeded`.
+    pub deadline_exceeded: bool,
+    /// Message of the failing condition, if any.
+    pub failure: Option<String>,
+}
+
+impl Rollout {
+    /// Reads a Deployment's status.
+    pub fn of(d: &Deployment) -> Self {
+        let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let st = d.status.clone().unwrap_or_default();
+        let observed =
+            st.observed_generation.is_some() && st.observed_generation >= d.metadata.generation;
+        let progressing = st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "Progressing");
+        let deadline_exceeded = progressing.is_some_and(|c| {
+            c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
+        let failure = st
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+            .and_then(|c| c.message.clone())
+            .or_else(|| {
+                deadline_exceeded
+                    .then(|| progressing.and_then(|c| c.message.clone()))
+                    .flatten()
+            });
+        Self {
+            desired,
+            ready: st.ready_replicas.unwrap_or(0),
+            updated: st.updated_replicas.unwrap_or(0),
+            available: st.available_replicas.unwrap_or(0),
+            observed,
+            deadline_exceeded,
+            failure,
+        }
+    }
+
+    /// Every desired pod runs the current template and is available.
+    pub fn complete(&self) -> bool {
+        self.observed
+            && self.updated >= self.desired
+            && self.available >= self.desired
+            && self.ready >= self.desired
+    }
+}
+
+/// How applying an optional group of children went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Applied.
+    Applied,
+    /// Switched off in the spec (and deleted).
+    Disabled,
+    /// The kind is not served by the API server (CRDs missing); names the missing kinds.
+    CrdsMissing(String),
+    /// Failed: the error message.
+    Failed(String),
+}
+
+/// An error of this pass, as it goes into the conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PassError {
+    /// CamelCase reason.
+    pub reason: String,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// Needs a person (Stalled) rather than a retry (Reconciling).
+    pub permanent: bool,
+}
+
+/// What the pass observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    /// Gateway Deployment, if applied.
+    pub gateway: Option<Rollout>,
+    /// Riva Deployment, if managed and applied.
+    pub riva: Option<Rollout>,
+    /// ServiceMonitors and PrometheusRule.
+    pub monitoring: Outcome,
+    /// Dashboard ConfigMap.
+    pub dashboards: Outcome,
+    /// First error of the pass.
+    pub error: Option<PassError>,
+    /// Namespace the dashboard now lives in.
+    pub dashboards_namespace: Option<String>,
+}
+
+fn cond(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: None,
+        last_transition_time: Time(Default::default()),
+    }
+}
+
+fn rollout_condition(type_: &str, what: &str, r: Option<&Rollout>) -> Condition {
+    match r {
+        None => cond(
+            type_,
+            false,
+            "NotApplied",
+            format!("the {what} Deployment is not applied yet"),
+        ),
+        Some(r) if r.complete() => cond(
+            type_,
+            true,
+            "Available",
+            format!("{}/{} {what} pods available", r.available, r.desired),
+        ),
+        Some(r) if r.deadline_exceeded => cond(
+            type_,
+            false,
+            "ProgressDeadlineExceeded",
+            format!(
+                "the {what} rollout stopped progressing: {}. Check `kubectl describe deployment` and the pods' events",
+                r.failure
+                    .as_deref()
+                    .unwrap_or("pods do not become available")
+            ),
+        ),
+        Some(r) => cond(
+            type_,
+            false,
+            "RollingOut",
+            format!(
+                "{}/{} {what} pods available, {} updated{}",
+                r.available,
+                r.desired,
+                r.updated,
+                r.failure
+                    .as_deref()
+                    .map(|f| format!("; {f}"))
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+fn outcome_condition(type_: &str, what: &str, o: &Outcome) -> Condition {
+    match o {
+        Outcome::Applied => cond(type_, true, "Applied", format!("{what} applied")),
+        Outcome::Disabled => cond(
+            type_,
+            true,
+            "Disabled",
+            format!("{what} disabled in the spec"),
+        ),
+        Outcome::CrdsMissing(kinds) => cond(
+            type_,
+            false,
+            "CRDsNotInstalled",
+            format!(
+                "{kinds} not served by the API server: install the Prometheus Operator's CRDs (e.g. kube-prometheus-stack) or disable them in spec.observability; the operator applies them once the CRDs appear"
+            ),
+        ),
+        Outcome::Failed(msg) => cond(type_, false, "ApplyFailed", format!("{what}: {msg}")),
+    }
+}
+
+/// Computes the new status. `now` stamps conditions whose `status` changed.
+pub fn compute(
+    v: &Validated,
+    old: Option<&VoicePipelineStatus>,
+    obs: &Observed,
+    now: &Time,
+) -> VoicePipelineStatus {
+    let gateway = rollout_condition(CONDITION_GATEWAY, "gateway", obs.gateway.as_ref());
+    let riva = match &v.spec.riva.external {
+        Some(ext) => cond(
+            CONDITION_RIVA,
+            true,
+            "External",
+            format!("using the external Riva at {}", ext.uri),
+        ),
+        None => rollout_condition(CONDITION_RIVA, "Riva", obs.riva.as_ref()),
+    };
+    let monitoring = outcome_condition(
+        CONDITION_MONITORING,
+        "ServiceMonitors and PrometheusRule",
+        &obs.monitoring,
+    );
+    let dashboards =
+        outcome_condition(CONDITION_DASHBOARDS, "dashboard ConfigMap", &obs.dashboards);
+
+    let deadline = [obs.gateway.as_ref(), obs.riva.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|r| r.deadline_exceeded);
+    let stalled_cause: Option<(String, String)> = match &obs.error {
+        Some(e) if e.permanent => Some((e.reason.clone(), e.message.clone())),
+        _ if deadline => {
+            let c = if gateway.reason == "ProgressDeadlineExceeded" {
+                &gateway
+            } else {
+                &riva
+            };
+            Some((c.reason.clone(), c.message.clone()))
+        }
+        _ => None,
+    };
+    let ready_ok = obs.error.is_none() && gateway.status == "True" && riva.status == "True";
+    let mut notes = vec![];
+    if monitoring.status == "False" {
+        notes.push(format!("monitoring not configured ({})", monitoring.reason));
+    }
+    if dashboards.status == "False" {
+        notes.push(format!("dashboards not configured ({})", dashboards.reason));
+    }
+    let note = if notes.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", notes.join(", "))
+    };
+    let ready = if ready_ok {
+        cond(
+            CONDITION_READY,
+            true,
+            "Available",
+            format!("the pipeline serves at {}{note}", v.gateway_endpoint()),
+        )
+    } else if let Some((reason, message)) = &stalled_cause {
+        cond(CONDITION_READY, false, reason, message.clone())
+    } else if let Some(e) = &obs.error {
+        cond(
+            CONDITION_READY,
+            false,
+            &e.reason,
+            format!("{}; retrying", e.message),
+        )
+    } else {
+        let c = if gateway.status == "False" {
+            &gateway
+        } else {
+            &riva
+        };
+        cond(CONDITION_READY, false, &c.reason, c.message.clone())
+    };
+    let stalled = match &stalled_cause {
+        Some((reason, message)) => cond(CONDITION_STALLED, true, reason, message.clone()),
+        None => cond(
+            CONDITION_STALLED,
+            false,
+            "Progressing",
+            "the operator is making progress",
+        ),
+    };
+    let reconciling = if ready_ok || stalled_cause.is_some() {
+        cond(
+            CONDITION_RECONCILING,
+            false,
+            "Idle",
+            "nothing left to do until something changes",
+        )
+    } else {
+        cond(
+            CONDITION_RECONCILING,
+            true,
+            &ready.reason,
+            ready.message.clone(),
+        )
+    };
+
+    let mut conditions = vec![
+        ready,
+        reconciling,
+        stalled,
+        gateway,
+        riva,
+        monitoring,
+        dashboards,
+    ];
+    for c in &mut conditions {
+        c.observed_generation = v.generation;
+        let prev = old.and_then(|o| o.condition(&c.type_));
+        c.last_transition_time = match prev {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+    }
+    let g = obs.gateway.clone().unwrap_or_default();
+    let gateway_status = GatewayStatus {
+        replicas: v.spec.gateway.replicas,
+        ready_replicas: g.ready,
+        ready: format!("{}/{}", g.ready, v.spec.gateway.replicas),
+        endpoint: v.gateway_endpoint(),
+    };
+    let riva_status = match &v.spec.riva.managed {
+        Some(m) => {
+            let r = obs.riva.clone().unwrap_or_default();
+            RivaStatus {
+                mode: "managed".into(),
+                replicas: m.replicas,
+                ready_replicas: r.ready,
+                ready: format!("{}/{}", r.ready, m.replicas),
+                endpoint: v.riva_uri.clone(),
+            }
+        }
+        None => RivaStatus {
+            mode: "external".into(),
+            replicas: 0,
+            ready_replicas: 0,
+            ready: "external".into(),
+            endpoint: v.riva_uri.clone(),
+        },
+    };
+    VoicePipelineStatus {
+        observed_generation: v.generation,
+        conditions,
+        gateway: Some(gateway_status),
+        riva: Some(riva_status),
+        dashboards_namespace: obs.dashboards_namespace.clone(),
+    }
+}
+
+/// Status of a pipeline whose spec cannot be built at all: `Stalled` with the reason.
+pub fn invalid(
+    generation: Option<i64>,
+    old: Option<&VoicePipelineStatus>,
+    message: &str,
+    now: &Time,
+) -> VoicePipelineStatus {
+    let mut conditions = vec![
+        cond(CONDITION_READY, false, "InvalidSpec", message),
+        cond(
+            CONDITION_RECONCILING,
+            false,
+            "InvalidSpec",
+            "waiting for a corrected spec",
+        ),
+        cond(CONDITION_STALLED, true, "InvalidSpec", message),
+    ];
+    for c in &mut conditions {
+        c.observed_generation = generation;
+        c.last_transition_time = match old.and_then(|o| o.condition(&c.type_)) {
+            Some(p) if p.status == c.status => p.last_transition_time.clone(),
+            _ => now.clone(),
+        };
+    }
+    let mut st = old.cloned().unwrap_or_default();
+    st.observed_generation = generation;
+    // Keep the component conditions as last observed; replace the kstatus ones.
+    st.conditions.retain(|c| {
+        ![CONDITION_READY, CONDITION_RECONCILING, CONDITION_STALLED].contains(&c.type_.as_str())
+    });
+    conditions.extend(st.conditions);
+    st.conditions = conditions;
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::validate;
+    use crate::testdata;
+
+    fn t(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn ok(n: i32) -> Rollout {
+        Rollout {
+            desired: n,
+            ready: n,
+            updated: n,
+            available: n,
+            observed: true,
+            ..Default::default()
+        }
+    }
+
+    fn obs(gateway: Rollout, riva: Option<Rollout>) -> Observed {
+        Observed {
+            gateway: Some(gateway),
+            riva,
+            monitoring: Outcome::Applied,
+            dashboards: Outcome::Applied,
+            error: None,
+            dashboards_namespace: Some("voice".into()),
+        }
+    }
+
+    fn get<'a>(s: &'a VoicePipelineStatus, t: &str) -> &'a Condition {
+        s.condition(t).unwrap()
+    }
+
+    #[test]
+    fn ready_when_everything_is_available() {
+        let v = validate(&testdata::managed()).unwrap();
+        let s = compute(&v, None, &obs(ok(2), Some(ok(1))), &t(1));
+        assert_eq!(get(&s, "Ready").status, "True");
+        assert_eq!(get(&s, "Reconciling").status, "False");
+        assert_eq!(get(&s, "Stalled").status, "False");
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!(s.gateway.as_ref().unwrap().ready, "2/2");
+        assert_eq!(s.riva.as_ref().unwrap().ready, "1/1");
+        assert!(
+            s.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(1))
+        );
+    }
+
+    #[test]
+    fn reconciling_while_rolling_out() {
+        let v = validate(&testdata::managed()).unwrap();
+        let mut g = ok(2);
+        g.available = 1;
+        let s = compute(&v, None, &obs(g, Some(ok(1))), &t(1));
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Reconciling").status, "True");
+        assert_eq!(get(&s, "Reconciling").reason, "RollingOut");
+        assert_eq!(get(&s, "Stalled").status, "False");
+    }
+
+    #[test]
+    fn stalled_on_progress_deadline_and_permanent_errors() {
+        let v = validate(&testdata::external()).unwrap();
+        let mut g = ok(1);
+        g.available = 0;
+        g.deadline_exceeded = true;
+        let s = compute(&v, None, &obs(g, None), &t(1));
+        assert_eq!(get(&s, "Stalled").status, "True");
+        assert_eq!(get(&s, "Reconciling").status, "False");
+
+        let mut o = obs(ok(1), None);
+        o.error = Some(PassError {
+            reason: "Forbidden".into(),
+            message: "cannot patch".into(),
+            permanent: true,
+        });
+        let s = compute(&v, None, &o, &t(1));
+        assert_eq!(get(&s, "Stalled").reason, "Forbidden");
+        assert_eq!(get(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn missing_monitoring_crds_do_not_block_ready_but_say_why() {
+        let v = validate(&testdata::external()).unwrap();
+        let mut o = obs(ok(1), None);
+        o.monitoring = Outcome::CrdsMissing("ServiceMonitor, PrometheusRule".into());
+        let s = compute(&v, None, &o, &t(1));
+        assert_eq!(get(&s, "Ready").status, "True");
+        assert!(
+            get(&s, "Ready")
+                .message
+                .contains("monitoring not configured")
+        );
+        let m = get(&s, "MonitoringConfigured");
+        assert_eq!(
+            (m.status.as_str(), m.reason.as_str()),
+            ("False", "CRDsNotInstalled")
+        );
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_change_and_equal_passes_are_equal() {
+        let v = validate(&testdata::external()).unwrap();
+        let first = compute(&v, None, &obs(ok(1), None), &t(1));
+        let again = compute(&v, Some(&first), &obs(ok(1), None), &t(99));
+        assert_eq!(first, again, "nothing observed changed: nothing to write");
+        let mut g = ok(1);
+        g.available = 0;
+        let changed = compute(&v, Some(&first), &obs(g, None), &t(200));
+        assert_eq!(get(&changed, "Ready").last_transition_time, t(200));
+        assert_eq!(get(&changed, "RivaAvailable").last_transition_time, t(1));
+    }
+
+    #[test]
+    fn invalid_spec_is_stalled() {
+        let s = invalid(Some(3), None, "spec.riva: set exactly one", &t(5));
+        assert_eq!(get(&s, "Stalled").status, "True");
+        assert_eq!(get(&s, "Ready").reason, "InvalidSpec");
+        assert_eq!(s.observed_generation, Some(3));
+    }
+}
