@@ -121,7 +121,17 @@ async fn chat(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
         .and_then(Value::as_str)
         .unwrap_or(&s.model)
         .to_string();
-    let mut toks = tokens(&reply_for(&s.script, &user));
+    let n_messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let reply = if user.contains("[count]") {
+        // Lets tests see how much history the client sent.
+        format!("This conversation has {n_messages} messages.")
+    } else {
+        reply_for(&s.script, &user)
+    };
+    let mut toks = tokens(&reply);
     if let Some(max) = body.get("max_tokens").and_then(Value::as_u64) {
         toks.truncate(max as usize);
     }
@@ -206,7 +216,11 @@ impl StreamJob {
     async fn event(&self, tx: &Tx, data: &str, n: usize) -> Result<(), ()> {
         let quirks = self.state.llm_quirks;
         let text = if quirks {
-            let sep = if n.is_multiple_of(2) { "data:" } else { "data: " };
+            let sep = if n.is_multiple_of(2) {
+                "data:"
+            } else {
+                "data: "
+            };
             format!("{sep}{data}\r\n\r\n")
         } else {
             format!("data: {data}\n\n")

@@ -67,7 +67,8 @@ impl Profile {
 
 /// Random faults, drawn from a seeded counter so that a run repeats exactly. Deterministic faults
 /// come from trigger words in the text instead: `[asr-error]` in the speech, `[llm-error]`,
-/// `[llm-stall]`, `[llm-disconnect]`, `[llm-midstream-error]` in the user's message, `[tts-error]`
+/// `[llm-stall]`, `[llm-disconnect]`, `[llm-midstream-error]` in the user's message (and
+/// `[count]`, answered with the number of messages received), `[tts-error]`
 /// in the text to synthesize (the default LLM reply repeats the user's words, so a user can
 /// trigger it).
 #[derive(Debug)]

@@ -1,0 +1,493 @@
+//! voice-gateway and voice-sim as processes: the seed's event sequence, audio, metrics, several
+//! turns, barge-in, every error path, graceful drain.
+
+use std::time::Duration;
+
+use gateway_e2e::*;
+use voice_proto::voice::EventType;
+
+const REPLY_TAIL: &str = "This reply comes from the voice simulator. \
+Dr. Sim measured 3.5 seconds of audio! Is that not remarkable?";
+
+fn is_event(t: EventType) -> impl Fn(&Got) -> bool {
+    move |g| matches!(g, Got::Event(e, _) if *e == t)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_turn_gives_seed_sequence_audio_and_metrics() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero"])?;
+    let gw = Gateway::with_sim(&sim, &[])?;
+    let c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    for chunk in speech_chunks("what is the weather") {
+        c.send(msg::audio(&chunk)).await?;
+    }
+    // Half-close: the gateway finishes the turn, then END_OF_TURN.
+    let got = c.finish().await?;
+    assert_eq!(
+        tags(&got),
+        [
+            "LISTENING",
+            "transcript",
+            "PROCESSING",
+            "llm",
+            "SPEAKING",
+            "audio",
+            "LISTENING",
+            "END_OF_TURN"
+        ]
+        .map(String::from),
+        "{got:?}"
+    );
+    let transcripts: Vec<_> = got
+        .iter()
+        .filter_map(|g| match g {
+            Got::Transcript(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        transcripts,
+        ["what", "what is", "what is the", "what is the weather"]
+    );
+    let reply = format!("You said: what is the weather. {REPLY_TAIL}");
+    assert_eq!(llm_text(&got), reply);
+    // The reply audio says the reply, split into sentences, in order.
+    assert_eq!(
+        hear(&audio(&got)),
+        [
+            "You said: what is the weather.",
+            "This reply comes from the voice simulator.",
+            "Dr. Sim measured 3.5 seconds of audio!",
+            "Is that not remarkable?"
+        ]
+    );
+    let m = gw.metrics()?;
+    let lang = "{language=\"en-US\"}";
+    let model = "{model=\"sim-model\"}";
+    assert_eq!(
+        m.value(&format!("voice_gateway_asr_latency_seconds_count{lang}")),
+        1.0
+    );
+    assert_eq!(
+        m.value(&format!("voice_gateway_llm_ttft_seconds_count{model}")),
+        1.0
+    );
+    assert_eq!(
+        m.value(&format!("voice_gateway_llm_total_seconds_count{model}")),
+        1.0
+    );
+    assert_eq!(
+        m.value(&format!("voice_gateway_llm_tokens_total_count{model}")),
+        1.0
+    );
+    // Usage from the server: the sim's reply is 24 words = 24 tokens.
+    assert_eq!(
+        m.value(&format!("voice_gateway_llm_tokens_total_sum{model}")),
+        24.0
+    );
+    assert_eq!(
+        m.value(&format!("voice_gateway_tts_latency_seconds_count{lang}")),
+        4.0
+    );
+    assert_eq!(
+        m.value(&format!("voice_gateway_tts_characters_total_count{lang}")),
+        4.0
+    );
+    assert_eq!(
+        m.value(&format!("voice_gateway_tts_characters_total_sum{lang}")),
+        (reply.len() - 3) as f64
+    );
+    assert_eq!(m.value("voice_gateway_e2e_latency_seconds_count"), 1.0);
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"success\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"error\"}"),
+        0.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_turns_with_timings_and_bounded_history() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero"])?;
+    let gw = Gateway::with_sim(&sim, &[("LLM_HISTORY_TURNS", "2")])?;
+    let mut c = gw.open().await?;
+    c.send(msg::config(0, true)).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    let mut counts = Vec::new();
+    for turn in 0..4 {
+        c.send(msg::text(&format!("turn {turn} [count]"))).await?;
+        let got = c.until(is_event(EventType::Listening)).await?;
+        assert_eq!(
+            tags(&got),
+            [
+                "PROCESSING",
+                "llm",
+                "SPEAKING",
+                "audio",
+                "timings",
+                "LISTENING"
+            ]
+            .map(String::from),
+            "{got:?}"
+        );
+        let t = got
+            .iter()
+            .find_map(|g| match g {
+                Got::Timings(t) => Some(*t),
+                _ => None,
+            })
+            .expect("timings");
+        assert_eq!(t.asr_ms, 0.0, "a text turn has no ASR");
+        assert!(
+            t.llm_first_token_ms > 0.0 && t.llm_first_token_ms <= t.llm_total_ms,
+            "{t:?}"
+        );
+        assert!(
+            t.first_audio_ms > 0.0 && t.first_audio_ms <= t.turn_total_ms,
+            "{t:?}"
+        );
+        assert_eq!(t.sentences, 1);
+        assert_eq!(t.audio_bytes as usize, audio(&got).len());
+        counts.push(llm_text(&got));
+    }
+    // system + history (2 turns = 4 messages at most) + the new user message.
+    assert_eq!(
+        counts,
+        [
+            "This conversation has 2 messages.",
+            "This conversation has 4 messages.",
+            "This conversation has 6 messages.",
+            "This conversation has 6 messages."
+        ]
+    );
+    let rest = c.finish().await?;
+    assert_eq!(tags(&rest), ["END_OF_TURN"]);
+    assert_eq!(
+        gw.metrics()?
+            .value("voice_gateway_requests_total{status=\"success\"}"),
+        4.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoken_and_text_turns_share_one_stream() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero"])?;
+    let gw = Gateway::with_sim(&sim, &[])?;
+    let mut c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    for (i, words) in ["first question", "second question"].iter().enumerate() {
+        for chunk in speech_chunks(words) {
+            c.send(msg::audio(&chunk)).await?;
+        }
+        let got = c.until(is_event(EventType::Listening)).await?;
+        assert_eq!(
+            llm_text(&got),
+            format!("You said: {words}. {REPLY_TAIL}"),
+            "turn {i}"
+        );
+        assert_eq!(hear(&audio(&got)).len(), 4);
+    }
+    c.send(msg::text("and a typed one")).await?;
+    let got = c.until(is_event(EventType::Listening)).await?;
+    assert!(llm_text(&got).starts_with("You said: and a typed one."));
+    let m = gw.metrics()?;
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"success\"}"),
+        3.0
+    );
+    assert_eq!(
+        m.value("voice_gateway_asr_latency_seconds_count{language=\"en-US\"}"),
+        2.0
+    );
+    assert_eq!(m.value("voice_gateway_e2e_latency_seconds_count"), 3.0);
+    assert_eq!(m.value("voice_gateway_active_streams"), 1.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_stops_the_reply_and_listens() -> anyhow::Result<()> {
+    // Real-time TTS: the reply takes seconds to stream, so there is something to interrupt.
+    let sim = Sim::start(&["--profile", "zero", "--tts-rtf", "1.0"])?;
+    let gw = Gateway::with_sim(&sim, &[])?;
+    let mut c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    c.send(msg::text("tell me a long story")).await?;
+    c.until(|g| matches!(g, Got::Audio(_))).await?;
+    c.send(msg::barge_in()).await?;
+    let got = c.until(is_event(EventType::Listening)).await?;
+    let Some(Got::Event(_, why)) = got.last() else {
+        unreachable!()
+    };
+    assert_eq!(why, "Interrupted");
+    // The interrupted reply was far from complete: 4 sentences of ~2.5 s audio at real time.
+    let heard = audio(&got).len();
+    assert!(
+        heard < 3 * 32_000,
+        "{heard} bytes of audio after the barge-in"
+    );
+    // The next turn works, and nothing of the old one arrives after LISTENING.
+    c.send(msg::text("short [count]")).await?;
+    let next = c.until(is_event(EventType::Listening)).await?;
+    assert_eq!(
+        tags(&next),
+        ["PROCESSING", "llm", "SPEAKING", "audio", "LISTENING"].map(String::from)
+    );
+    // History kept the interrupted exchange: system + user + partial assistant + new user.
+    assert_eq!(llm_text(&next), "This conversation has 4 messages.");
+    assert_eq!(hear(&audio(&next)), ["This conversation has 4 messages."]);
+    assert_eq!(gw.metrics()?.value("voice_gateway_barge_ins_total"), 1.0);
+    Ok(())
+}
+
+async fn expect_status(
+    gw: &Gateway,
+    msgs: Vec<voice_proto::voice::ClientMessage>,
+) -> tonic::Status {
+    let mut c = gw.open().await.expect("open");
+    for m in msgs {
+        let _ = c.send(m).await;
+    }
+    loop {
+        match c.rx.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended OK, expected an error status"),
+            Err(s) => return s,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero"])?;
+    let gw = Gateway::with_sim(&sim, &[("MAX_CONCURRENT_STREAMS", "2")])?;
+    let s = expect_status(&gw, vec![msg::audio(&[0, 0, 1, 1])]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("audio_chunk before config"), "{s:?}");
+    let s = expect_status(&gw, vec![msg::text("hi")]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let s = expect_status(&gw, vec![msg::config(12_345, false)]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(
+        s.message().contains("unsupported sample_rate 12345"),
+        "{s:?}"
+    );
+    let s = expect_status(
+        &gw,
+        vec![msg::config(16_000, false), msg::config(16_000, false)],
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    let s = expect_status(
+        &gw,
+        vec![
+            msg::config(16_000, false),
+            voice_proto::voice::ClientMessage { content: None },
+        ],
+    )
+    .await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+
+    // Two streams fill the gateway; the third is refused; closing one frees a place.
+    let mut a = gw.open().await?;
+    a.send(msg::config(16_000, false)).await?;
+    a.until(is_event(EventType::Listening)).await?;
+    let mut b = gw.open().await?;
+    b.send(msg::config(16_000, false)).await?;
+    b.until(is_event(EventType::Listening)).await?;
+    let err = gw.open().await.expect_err("third stream must be refused");
+    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        gw.metrics()?.value("voice_gateway_streams_rejected_total"),
+        1.0
+    );
+    a.finish().await?;
+    let mut d = gw.open().await?;
+    d.send(msg::config(16_000, false)).await?;
+    d.until(is_event(EventType::Listening)).await?;
+    Ok(())
+}
+
+/// A backend failure: ERROR event, the stage's error counter, requests{error}; the call ends OK.
+async fn expect_backend_error(
+    gw: &Gateway,
+    send: Vec<voice_proto::voice::ClientMessage>,
+) -> String {
+    let mut c = gw.open().await.expect("open");
+    c.send(msg::config(16_000, false)).await.expect("config");
+    for m in send {
+        c.send(m).await.expect("send");
+    }
+    let got = c
+        .rest()
+        .await
+        .expect("the stream ends cleanly after an ERROR event");
+    match got.last() {
+        Some(Got::Event(EventType::Error, m)) => m.clone(),
+        other => panic!(
+            "expected an ERROR event last, got {other:?} in {:?}",
+            tags(&got)
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_failures_end_the_stream_with_error_and_counters() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero"])?;
+    let gw = Gateway::with_sim(
+        &sim,
+        &[
+            ("LLM_IDLE_TIMEOUT", "0.5"),
+            ("LLM_FIRST_TOKEN_TIMEOUT", "0.5"),
+        ],
+    )?;
+    // Another stream carries on through all of it.
+    let mut bystander = gw.open().await?;
+    bystander.send(msg::config(16_000, false)).await?;
+    bystander.until(is_event(EventType::Listening)).await?;
+
+    let m = expect_backend_error(&gw, vec![msg::text("x [llm-error]")]).await;
+    assert!(m.contains("LLM") && m.contains("503"), "{m}");
+    let m = expect_backend_error(&gw, vec![msg::text("x [llm-midstream-error]")]).await;
+    assert!(m.contains("mid-stream error"), "{m}");
+    let m = expect_backend_error(&gw, vec![msg::text("x [llm-disconnect]")]).await;
+    assert!(m.contains("LLM"), "{m}");
+    let m = expect_backend_error(&gw, vec![msg::text("x [llm-stall]")]).await;
+    assert!(m.contains("stalled"), "{m}");
+    let m = expect_backend_error(&gw, vec![msg::text("say [tts-error]")]).await;
+    assert!(m.contains("TTS"), "{m}");
+    let speech: Vec<_> = speech_chunks("boom [asr-error]")
+        .iter()
+        .map(|c| msg::audio(c))
+        .collect();
+    let m = expect_backend_error(&gw, speech).await;
+    assert!(m.contains("ASR"), "{m}");
+
+    bystander.send(msg::text("still there?")).await?;
+    let got = bystander.until(is_event(EventType::Listening)).await?;
+    assert!(llm_text(&got).starts_with("You said: still there. "));
+
+    let mx = gw.metrics()?;
+    assert_eq!(
+        mx.value("voice_gateway_llm_errors_total{error_type=\"http_5xx\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_llm_errors_total{error_type=\"api_error\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_llm_errors_total{error_type=\"stream\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_llm_errors_total{error_type=\"timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_tts_errors_total{error_type=\"internal\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_asr_errors_total{error_type=\"internal\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_requests_total{status=\"error\"}"),
+        6.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_requests_total{status=\"success\"}"),
+        1.0
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_down_means_not_ready_and_errors() -> anyhow::Result<()> {
+    let dead_riva = format!("127.0.0.1:{}", free_port());
+    let dead_llm = format!("127.0.0.1:{}", free_port());
+    let gw = Gateway::start(&dead_riva, &dead_llm, &[("RIVA_TIMEOUT", "1")])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, body) = gw.http("/readyz")?;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Riva") && body.contains("LLM"), "{body}");
+    let m = expect_backend_error(&gw, vec![msg::text("anyone?")]).await;
+    assert!(m.contains("LLM") && m.contains("connect"), "{m}");
+    let speech: Vec<_> = speech_chunks("hello")
+        .iter()
+        .map(|c| msg::audio(c))
+        .collect();
+    let m = expect_backend_error(&gw, speech).await;
+    assert!(m.contains("ASR"), "{m}");
+    let mx = gw.metrics()?;
+    assert_eq!(
+        mx.value("voice_gateway_llm_errors_total{error_type=\"connect\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_asr_errors_total{error_type=\"unavailable\"}"),
+        1.0
+    );
+    assert_eq!(gw.http("/livez")?.0, 200);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_quirks_are_tolerated_end_to_end() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero", "--llm-quirks"])?;
+    let gw = Gateway::with_sim(&sim, &[])?;
+    let mut c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    c.send(msg::text("quirky")).await?;
+    let got = c.until(is_event(EventType::Listening)).await?;
+    // Reasoning and <think> never reach the text or the audio.
+    let expected = format!("You said: quirky. {REPLY_TAIL}");
+    assert_eq!(llm_text(&got), expected);
+    assert_eq!(hear(&audio(&got)).concat().len(), expected.len() - 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_active_turns_then_exits() -> anyhow::Result<()> {
+    // TTS at real time: the turn lasts several seconds, well inside the grace period.
+    let sim = Sim::start(&["--profile", "zero", "--tts-rtf", "0.5"])?;
+    let mut gw = Gateway::with_sim(&sim, &[("SHUTDOWN_GRACE_PERIOD", "20")])?;
+    let mut c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    c.send(msg::text("a turn in flight")).await?;
+    c.until(is_event(EventType::Speaking)).await?;
+    gw.sigterm()?;
+    // The turn finishes: every sentence's audio, LISTENING, END_OF_TURN, clean end.
+    let rest = c.rest().await?;
+    let t = tags(&rest);
+    assert_eq!(
+        t[t.len() - 2..],
+        ["LISTENING".to_string(), "END_OF_TURN".to_string()],
+        "{t:?}"
+    );
+    // The process exits by itself, successfully.
+    let status = tokio::task::spawn_blocking(move || {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(s) = gw.proc.0.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await?;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    Ok(())
+}
