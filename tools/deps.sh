@@ -8,6 +8,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v flock >/dev/null || need+=(util-linux)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v lua5.1 >/dev/null || need+=(lua5.1)
+lua5.1 -e 'require("cjson")' 2>/dev/null || need+=(lua-cjson)
 if ! command -v kubectl >/dev/null; then
   echo "kubectl is missing: install kubectl 1.30 or newer (Debian's kubernetes-client is too old)" >&2
   exit 1

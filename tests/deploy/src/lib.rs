@@ -1,0 +1,1 @@
+//! Tests live in `tests/`: what a user installs (deploy/, examples/, GitOps health checks).
