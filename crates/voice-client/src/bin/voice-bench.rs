@@ -1,0 +1,417 @@
+//! `voice-bench`: measures the gateway against the simulator, side by side with the same work
+//! done directly against the simulator in the same run (same load, same moment).
+//!
+//! - `overhead`: time to first audio through the gateway vs. directly (LLM until the first
+//!   sentence, then TTS until its first chunk), N concurrent streams; p50/p99 of both and of the
+//!   paired difference.
+//! - `pipeline`: turn completion through the gateway vs. the ideal bound (later of LLM completion
+//!   and the TTS work that cannot overlap, measured directly) and vs. the sequential sum.
+//! - `idle-memory`: gateway RSS growth per idle stream.
+//! - `histogram`: cost of one histogram observation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use tokio::sync::{Barrier, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use voice_gateway::llm::{ChatMessage, LlmClient, LlmPiece, LlmSettings};
+use voice_gateway::riva::{Metadata, Riva};
+use voice_gateway::sentence::SentenceSplitter;
+use voice_gateway::sse::ThinkFilter;
+use voice_proto::voice::voice_gateway_client::VoiceGatewayClient;
+use voice_proto::voice::{
+    ClientMessage, EventType, ServerMessage, VoiceConfig, client_message::Content as C,
+    server_message::Content as S,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "voice-bench")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, clap::Args, Clone)]
+struct Targets {
+    /// Gateway gRPC address.
+    #[arg(long)]
+    target: String,
+    /// The simulator's Riva address (for the direct baseline).
+    #[arg(long)]
+    riva: String,
+    /// The simulator's LLM address (for the direct baseline).
+    #[arg(long)]
+    llm: String,
+    /// Text of each turn.
+    #[arg(long, default_value = "benchmark turn")]
+    text: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Gateway overhead on time to first audio.
+    Overhead {
+        #[command(flatten)]
+        t: Targets,
+        /// Concurrent streams.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+        /// Turns per stream (each with one direct baseline turn beside it).
+        #[arg(long, default_value_t = 20)]
+        turns: usize,
+    },
+    /// Turn completion vs. the ideal pipelined bound and the sequential sum.
+    Pipeline {
+        #[command(flatten)]
+        t: Targets,
+        /// Turns.
+        #[arg(long, default_value_t = 10)]
+        turns: usize,
+    },
+    /// Gateway RSS per idle stream.
+    IdleMemory {
+        /// Gateway gRPC address.
+        #[arg(long)]
+        target: String,
+        /// Gateway process id.
+        #[arg(long)]
+        pid: u32,
+        /// Idle streams to open.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+    },
+    /// Cost of one histogram observation.
+    Histogram {
+        /// Observations.
+        #[arg(long, default_value_t = 10_000_000)]
+        n: u64,
+    },
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+fn uri(a: &str) -> String {
+    if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
+struct Direct {
+    llm: LlmClient,
+    riva: Riva,
+}
+
+impl Direct {
+    fn new(t: &Targets) -> anyhow::Result<Self> {
+        Ok(Self {
+            llm: LlmClient::new(LlmSettings {
+                base_url: format!("http://{}/v1", t.llm),
+                api_key: String::new(),
+                model: "bench".into(),
+                temperature: 0.5,
+                max_tokens: 256,
+                include_usage: true,
+                first_token_timeout: Duration::from_secs(30),
+                idle_timeout: Duration::from_secs(30),
+            })?,
+            riva: Riva::new(&t.riva, false, Metadata::default(), Duration::from_secs(30))?,
+        })
+    }
+
+    fn messages(text: &str) -> Vec<ChatMessage> {
+        vec![
+            ChatMessage {
+                role: "system",
+                content: voice_gateway::config::DEFAULT_SYSTEM_PROMPT.into(),
+            },
+            ChatMessage {
+                role: "user",
+                content: text.into(),
+            },
+        ]
+    }
+
+    /// LLM until the first sentence, TTS until its first chunk: the backends' own share.
+    async fn first_audio(&self, text: &str) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut s = self.llm.stream(&Self::messages(text)).await?;
+        let mut think = ThinkFilter::default();
+        let mut split = SentenceSplitter::new(6, 250);
+        let mut out = Vec::new();
+        while out.is_empty() {
+            match s.next().await? {
+                Some(LlmPiece::Content(c)) => split.push(&think.push(&c), &mut out),
+                Some(LlmPiece::Usage(_)) => {}
+                None => {
+                    split.finish(&mut out);
+                    break;
+                }
+            }
+        }
+        let sentence = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("empty reply"))?;
+        let mut tts = self
+            .riva
+            .synthesize_online(sentence, "en-US", "", 16_000)
+            .await?;
+        tts.message().await?;
+        Ok(t.elapsed())
+    }
+
+    /// (ideal pipelined bound, sequential sum), measured by running each stage alone.
+    async fn bounds(&self, text: &str) -> anyhow::Result<(Duration, Duration)> {
+        let t = Instant::now();
+        let mut s = self.llm.stream(&Self::messages(text)).await?;
+        let mut think = ThinkFilter::default();
+        let mut split = SentenceSplitter::new(6, 250);
+        let mut ready = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match s.next().await? {
+                Some(LlmPiece::Content(c)) => split.push(&think.push(&c), &mut out),
+                Some(LlmPiece::Usage(_)) => {}
+                None => {
+                    split.finish(&mut out);
+                    ready.extend(out.drain(..).map(|x| (x, t.elapsed())));
+                    break;
+                }
+            }
+            ready.extend(out.drain(..).map(|x| (x, t.elapsed())));
+        }
+        let llm_done = t.elapsed();
+        let mut tts_end = Duration::ZERO;
+        let mut tts_sum = Duration::ZERO;
+        for (sentence, at) in ready {
+            let start = Instant::now();
+            let mut tts = self
+                .riva
+                .synthesize_online(sentence, "en-US", "", 16_000)
+                .await?;
+            while tts.message().await?.is_some() {}
+            let d = start.elapsed();
+            tts_sum += d;
+            tts_end = tts_end.max(at) + d;
+        }
+        Ok((llm_done.max(tts_end), llm_done + tts_sum))
+    }
+}
+
+struct GwStream {
+    tx: mpsc::Sender<ClientMessage>,
+    rx: tonic::Streaming<ServerMessage>,
+}
+
+fn msg(c: C) -> ClientMessage {
+    ClientMessage { content: Some(c) }
+}
+
+impl GwStream {
+    async fn open(ch: Channel) -> anyhow::Result<Self> {
+        let mut c = VoiceGatewayClient::new(ch);
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(msg(C::Config(VoiceConfig {
+            language_code: "en-US".into(),
+            session_id: String::new(),
+            sample_rate: 16_000,
+            enable_timings: false,
+            tts_voice: String::new(),
+        })))
+        .await?;
+        let mut rx = c.stream_audio(ReceiverStream::new(rx)).await?.into_inner();
+        rx.message().await?; // LISTENING "Ready"
+        Ok(Self { tx, rx })
+    }
+
+    /// (time to first audio, time to LISTENING).
+    async fn turn(&mut self, text: &str) -> anyhow::Result<(Duration, Duration)> {
+        let t = Instant::now();
+        self.tx.send(msg(C::TextInput(text.into()))).await?;
+        let mut first = None;
+        let mut last_audio = t.elapsed();
+        while let Some(m) = self.rx.message().await? {
+            match m.content {
+                Some(S::AudioChunk(_)) => {
+                    let e = t.elapsed();
+                    first.get_or_insert(e);
+                    last_audio = e;
+                }
+                Some(S::Event(e)) if e.r#type == EventType::Listening as i32 => {
+                    return Ok((
+                        first.ok_or_else(|| anyhow::anyhow!("no audio"))?,
+                        last_audio,
+                    ));
+                }
+                Some(S::Event(e)) if e.r#type == EventType::Error as i32 => {
+                    anyhow::bail!("gateway error: {}", e.message)
+                }
+                _ => {}
+            }
+        }
+        anyhow::bail!("stream ended mid-turn")
+    }
+}
+
+async fn channels(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            tonic::transport::Endpoint::from_shared(uri(target))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?,
+        );
+    }
+    Ok(v)
+}
+
+async fn overhead(t: Targets, streams: usize, turns: usize) -> anyhow::Result<()> {
+    let chans = channels(&t.target, streams.div_ceil(100)).await?;
+    let direct = Arc::new(Direct::new(&t)?);
+    let barrier = Arc::new(Barrier::new(streams));
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let ch = chans[i % chans.len()].clone();
+        let (direct, barrier, text) = (direct.clone(), barrier.clone(), t.text.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut s = GwStream::open(ch).await;
+            barrier.wait().await;
+            let s = s.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut out = Vec::new();
+            for _ in 0..turns {
+                let (g, _) = s.turn(&text).await?;
+                let d = direct.first_audio(&text).await?;
+                out.push((g, d));
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let (mut g, mut d, mut diff, mut errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    for t in tasks {
+        match t.await? {
+            Ok(v) => {
+                for (a, b) in v {
+                    g.push(a.as_secs_f64() * 1e3);
+                    d.push(b.as_secs_f64() * 1e3);
+                    diff.push((a.as_secs_f64() - b.as_secs_f64()) * 1e3);
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                eprintln!("stream failed: {e}");
+            }
+        }
+    }
+    let (g50, g99, d50, d99) = (
+        pct(&mut g, 0.5),
+        pct(&mut g, 0.99),
+        pct(&mut d, 0.5),
+        pct(&mut d, 0.99),
+    );
+    println!(
+        "| {streams} | {} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} |",
+        g.len(),
+        g50 - d50,
+        g99 - d99,
+        pct(&mut diff, 0.5),
+        pct(&mut diff, 0.99),
+    );
+    Ok(())
+}
+
+async fn pipeline(t: Targets, turns: usize) -> anyhow::Result<()> {
+    let ch = channels(&t.target, 1).await?.remove(0);
+    let direct = Direct::new(&t)?;
+    let mut s = GwStream::open(ch).await?;
+    let (mut vs_bound, mut vs_seq, mut gw, mut bound) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut seq = Vec::new();
+    for _ in 0..turns {
+        let (_, total) = s.turn(&t.text).await?;
+        let (b, sq) = direct.bounds(&t.text).await?;
+        vs_bound.push(total.as_secs_f64() / b.as_secs_f64());
+        vs_seq.push(total.as_secs_f64() / sq.as_secs_f64());
+        gw.push(total.as_secs_f64() * 1e3);
+        bound.push(b.as_secs_f64() * 1e3);
+        seq.push(sq.as_secs_f64() * 1e3);
+    }
+    println!(
+        "| {turns} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {:.3} |",
+        pct(&mut gw, 0.5),
+        pct(&mut bound, 0.5),
+        pct(&mut seq, 0.5),
+        pct(&mut vs_bound, 0.5),
+        pct(&mut vs_bound, 0.99),
+        pct(&mut vs_seq, 0.5),
+    );
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+}
+
+async fn idle_memory(target: String, pid: u32, streams: usize) -> anyhow::Result<()> {
+    let chans = channels(&target, streams.div_ceil(100)).await?;
+    // Warm up: one stream, so one-off allocations are not counted per stream.
+    let warm = GwStream::open(chans[0].clone()).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid)?;
+    let mut open = Vec::new();
+    for i in 0..streams {
+        open.push(GwStream::open(chans[i % chans.len()].clone()).await?);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(pid)?;
+    println!(
+        "| {streams} | {before} | {after} | {:.1} |",
+        (after.saturating_sub(before)) as f64 / streams as f64
+    );
+    drop(open);
+    drop(warm);
+    Ok(())
+}
+
+fn histogram(n: u64) {
+    use prometheus_client::metrics::histogram::Histogram;
+    let h = Histogram::new(voice_gateway::metrics::LATENCY_BUCKETS.iter().copied());
+    let t = Instant::now();
+    for i in 0..n {
+        h.observe((i % 1000) as f64 * 0.001);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!("| {n} | {ns:.1} |");
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Args::parse().cmd {
+        Cmd::Overhead { t, streams, turns } => overhead(t, streams, turns).await,
+        Cmd::Pipeline { t, turns } => pipeline(t, turns).await,
+        Cmd::IdleMemory {
+            target,
+            pid,
+            streams,
+        } => idle_memory(target, pid, streams).await,
+        Cmd::Histogram { n } => {
+            histogram(n);
+            Ok(())
+        }
+    }
+}
