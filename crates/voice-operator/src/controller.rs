@@ -255,11 +255,11 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action,
             .delete::<ConfigMap>(old_ns, &v.child_name(Component::Dashboards))
             .await
     {
-        observed.error.get_or_insert(pass_error(&e));
+        observed.aux_error.get_or_insert(pass_error(&e));
     }
     if !needs_finalizer_after(&v, &observed)
         && vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER)
-        && observed.error.is_none()
+        && observed.aux_error.is_none()
     {
         set_finalizer(vp, ctx, &api, false).await?;
     }
@@ -269,7 +269,7 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action,
     let new = status::compute(&v, vp.status.as_ref(), &observed, &now);
     write_status(vp, ctx, &api, &new).await?;
 
-    if let Some(err) = &observed.error {
+    if let Some(err) = observed.error.as_ref().or(observed.aux_error.as_ref()) {
         publish(ctx, vp, EventType::Warning, &err.reason, &err.message).await;
         ctx.metrics.error(&err.reason);
         // Retry with backoff; the status already says why.
@@ -327,6 +327,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         monitoring: Outcome::Applied,
         dashboards: Outcome::Disabled,
         error: None,
+        aux_error: None,
         dashboards_namespace: None,
     };
     let Children {
@@ -444,7 +445,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         }
         Err(e) => {
             let out = Outcome::Failed(e.to_string());
-            obs.error.get_or_insert(pass_error(&e));
+            obs.aux_error.get_or_insert(pass_error(&e));
             out
         }
         Ok(()) if !missing.is_empty() => Outcome::CrdsMissing(missing.join(", ")),
@@ -471,7 +472,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     obs.dashboards = match (dashboards, &dashboard) {
         (Err(e), _) => {
             let out = Outcome::Failed(e.to_string());
-            obs.error.get_or_insert(pass_error(&e));
+            obs.aux_error.get_or_insert(pass_error(&e));
             out
         }
         (Ok(()), Some(_)) => Outcome::Applied,
@@ -884,11 +885,11 @@ pub async fn run(
             };
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let _ = store.wait_until_ready().await;
-                let _ = stores.deployments.wait_until_ready().await;
-                let _ = stores.services.wait_until_ready().await;
-                let _ = stores.config_maps.wait_until_ready().await;
-                let _ = stores.pdbs.wait_until_ready().await;
+                until_ready(&store).await;
+                until_ready(&stores.deployments).await;
+                until_ready(&stores.services).await;
+                until_ready(&stores.config_maps).await;
+                until_ready(&stores.pdbs).await;
                 if synced_count.fetch_add(1, Ordering::SeqCst) + 1 == total {
                     health.synced.store(true, Ordering::Relaxed);
                     tracing::info!("watches synced");
@@ -949,6 +950,19 @@ pub async fn run(
         anyhow::bail!("controller stopped unexpectedly");
     }
     Ok(())
+}
+
+/// Waits until `store` has listed once. Polls again and again: the store's readiness signal
+/// wakes only the last task that polled it, and the controller itself waits on it too.
+async fn until_ready<K>(store: &Store<K>)
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {

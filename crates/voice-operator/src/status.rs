@@ -122,8 +122,11 @@ pub struct Observed {
     pub monitoring: Outcome,
     /// Dashboard ConfigMap.
     pub dashboards: Outcome,
-    /// First error of the pass.
+    /// First error of the pass applying the gateway or Riva: gates `Ready`.
     pub error: Option<PassError>,
+    /// First error applying monitoring or dashboards: retried, reported in those components'
+    /// conditions and in Events, but the pipeline still serves calls, so `Ready` ignores it.
+    pub aux_error: Option<PassError>,
     /// Namespace the dashboard now lives in.
     pub dashboards_namespace: Option<String>,
 }
@@ -421,6 +424,7 @@ mod tests {
             monitoring: Outcome::Applied,
             dashboards: Outcome::Applied,
             error: None,
+            aux_error: None,
             dashboards_namespace: Some("voice".into()),
         }
     }
