@@ -762,11 +762,21 @@ pub async fn run(
     client: Client,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let listener = admin::bind(cfg.admin_addr).await?;
+    run_on(listener, cfg, client, shutdown).await
+}
+
+/// [`run`] with the admin endpoints on an already bound `listener` (tests learn its port).
+pub async fn run_on(
+    listener: tokio::net::TcpListener,
+    cfg: RunConfig,
+    client: Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
     let health = Arc::new(Health::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let listener = admin::bind(cfg.admin_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "admin endpoints /metrics /livez /readyz");
     let admin_stop = wait_stop(stop_rx.clone());
     let admin_task = tokio::spawn(admin::serve(listener, registry, health.clone(), admin_stop));

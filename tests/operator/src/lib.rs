@@ -1,0 +1,260 @@
+//! Helpers for the operator's tests against the real local control plane.
+//!
+//! Each test makes its own namespace and runs its own operator in-process, watching only that
+//! namespace, so tests run in parallel without touching each other's pipelines.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use test_support::{Plane, repo_root};
+use voice_operator::controller::{LeaderElection, RunConfig, run_on};
+use voice_types::VoicePipeline;
+
+/// The shared plane with the CRD installed (once per test binary).
+pub fn plane() -> &'static Plane {
+    static CRD: OnceLock<()> = OnceLock::new();
+    let plane = Plane::shared();
+    CRD.get_or_init(|| install_crd(plane));
+    plane
+}
+
+/// `kubectl apply --server-side -f crds/` (what `make install` does), then waits until the
+/// CRD is established.
+pub fn install_crd(plane: &Plane) {
+    let crds = repo_root().join("crds");
+    let out = plane
+        .kubectl()
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&crds)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "installing the CRD: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = plane
+        .kubectl()
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/voicepipelines.voice.workflow.io",
+        ])
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "CRD not established: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Creates namespace `name` if it does not exist (shared namespaces such as `grafana`).
+pub async fn ensure_namespace(client: &Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("namespace {name}: {e}"),
+    }
+}
+
+/// `kubectl apply -n NS -f -` with `yaml` on stdin.
+pub fn kubectl_apply(plane: &Plane, ns: &str, yaml: &str) -> Output {
+    let mut child = plane
+        .kubectl()
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Like [`kubectl_apply`], panicking on failure.
+pub fn apply_ok(plane: &Plane, ns: &str, yaml: &str) {
+    let out = kubectl_apply(plane, ns, yaml);
+    assert!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The text of an example under `examples/`.
+pub fn example(name: &str) -> String {
+    std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists")
+}
+
+/// A PersistentVolume bound in advance to claim `ns/claim`, since the local plane has no
+/// provisioner (the managed-Riva example mounts its models from a PVC).
+pub fn bind_volume(plane: &Plane, ns: &str, claim: &str) {
+    let pv = format!(
+        r#"apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: {ns}-{claim}
+  labels: {{voice.workflow.io/test: "true"}}
+spec:
+  capacity: {{storage: 200Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {{path: /tmp/{ns}-{claim}}}
+  claimRef: {{namespace: {ns}, name: {claim}}}
+"#
+    );
+    apply_ok(plane, ns, &pv);
+}
+
+/// An operator running in this process, stopped when dropped.
+#[derive(Debug)]
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Address of its admin endpoints.
+    pub admin: SocketAddr,
+}
+
+impl Operator {
+    /// Starts an operator that watches `namespaces` with `client`.
+    pub async fn start(client: Client, namespaces: &[&str]) -> Self {
+        Self::start_with(client, namespaces, None).await
+    }
+
+    /// Starts an operator, with leader election when `leader` is set.
+    pub async fn start_with(
+        client: Client,
+        namespaces: &[&str],
+        leader: Option<LeaderElection>,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let cfg = RunConfig {
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            admin_addr: admin,
+            concurrency: 4,
+            leader_election: leader,
+            crd_poll_interval: Duration::from_millis(500),
+            instance: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run_on(listener, cfg, client, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            stop: Some(tx),
+            task: Some(task),
+            admin,
+        }
+    }
+
+    /// Stops it gracefully and returns how `run` ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await?
+    }
+
+    /// GET of an admin path: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.admin).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let code = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// The value of the metric line starting with `prefix` (summed over matching lines).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let (_, body) = self.admin_get("/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The condition `type_` of a pipeline: (status, reason, message).
+pub fn condition(vp: &VoicePipeline, type_: &str) -> Option<(String, String, String)> {
+    let c = vp.status.as_ref()?.condition(type_)?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until `name` is Ready=True at its current generation, and returns it.
+pub async fn wait_ready(api: &Api<VoicePipeline>, name: &str, timeout: Duration) -> VoicePipeline {
+    wait_for(
+        api,
+        name,
+        timeout,
+        "Ready=True at the current generation",
+        |vp| {
+            condition(vp, "Ready").is_some_and(|c| c.0 == "True")
+                && vp.status.as_ref().and_then(|s| s.observed_generation) == vp.metadata.generation
+        },
+    )
+    .await
+}
+
+/// Polls `name` every 100 ms until `check` holds; panics with the last status otherwise.
+pub async fn wait_for(
+    api: &Api<VoicePipeline>,
+    name: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&VoicePipeline) -> bool,
+) -> VoicePipeline {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(vp) = api.get(name).await {
+            if check(&vp) {
+                return vp;
+            }
+            last = Some(vp);
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!(
+                "{name}: not {what} within {timeout:?}; last status: {:#?}",
+                last.and_then(|v| v.status)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
