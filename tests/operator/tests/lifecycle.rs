@@ -1,0 +1,255 @@
+//! A pipeline over its life: a spec change rolls out and is observed; drift of a child is
+//! undone; a switched-off component's children are deleted; steady state writes nothing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use operator_tests::{
+    Operator, apply_ok, bind_volume, condition, example, plane, wait_for, wait_ready,
+};
+use serde_json::json;
+use test_support::eventually;
+use voice_operator::monitoring_crds::{PrometheusRule, ServiceMonitor};
+use voice_types::VoicePipeline;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn hash_of(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()["voice.workflow.io/config-hash"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_change_rolls_out_drift_is_undone_and_disabled_children_go() {
+    let plane = plane();
+    let ns = plane.namespace("lifecycle").await;
+    let c = ns.client.clone();
+    let op = Operator::start(c.clone(), &[&ns.name]).await;
+    apply_ok(plane, &ns.name, &example("minimal.yaml"));
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    let vp = wait_ready(&api, "demo", TIMEOUT).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    let before = deployments.get("demo-gateway").await.unwrap();
+
+    // Steady state: nothing is written, neither children nor status.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = op.metric("voice_operator_api_writes_total").await;
+    let rv_vp = api.get("demo").await.unwrap().resource_version();
+    let rv_dep = deployments
+        .get("demo-gateway")
+        .await
+        .unwrap()
+        .resource_version();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        op.metric("voice_operator_api_writes_total").await,
+        writes,
+        "writes in steady state"
+    );
+    assert_eq!(
+        api.get("demo").await.unwrap().resource_version(),
+        rv_vp,
+        "status rewritten in steady state"
+    );
+    assert_eq!(
+        deployments
+            .get("demo-gateway")
+            .await
+            .unwrap()
+            .resource_version(),
+        rv_dep
+    );
+
+    // A spec change: three replicas and a new prompt roll out and are observed.
+    let patch = json!({"spec": {"gateway": {"replicas": 3}, "llm": {"systemPrompt": "Be terse."}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let vp2 = wait_ready(&api, "demo", TIMEOUT).await;
+    assert!(vp2.metadata.generation > vp.metadata.generation);
+    assert_eq!(
+        vp2.status.as_ref().unwrap().gateway.as_ref().unwrap().ready,
+        "3/3"
+    );
+    let after = deployments.get("demo-gateway").await.unwrap();
+    assert_ne!(
+        hash_of(&before),
+        hash_of(&after),
+        "a config change changes the pod template"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
+    assert_eq!(
+        cms.get("demo-gateway").await.unwrap().data.unwrap()["LLM_SYSTEM_PROMPT"],
+        "Be terse."
+    );
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), &ns.name);
+    assert!(
+        pdbs.get_opt("demo-gateway").await.unwrap().is_some(),
+        "3 replicas: a PDB"
+    );
+    // The Ready condition moved (it went False while rolling out) only when its status did.
+    let ready = vp2.status.as_ref().unwrap().condition("Ready").unwrap();
+    assert_eq!(ready.observed_generation, vp2.metadata.generation);
+
+    // Drift: kubectl scale is undone.
+    let out = plane.kubectl_output(&[
+        "scale",
+        "-n",
+        &ns.name,
+        "deployment/demo-gateway",
+        "--replicas=7",
+    ]);
+    assert!(out.status.success());
+    eventually(Duration::from_secs(10), || async {
+        (deployments.get("demo-gateway").await.ok()?.spec?.replicas == Some(3)).then_some(())
+    })
+    .await;
+    // Drift: an edited ConfigMap is restored, a deleted Service recreated.
+    let edit = json!({"data": {"RIVA_URI": "elsewhere:1"}});
+    cms.patch(
+        "demo-gateway",
+        &PatchParams::default(),
+        &Patch::Merge(&edit),
+    )
+    .await
+    .unwrap();
+    let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
+    services
+        .delete("demo-gateway", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let uri_ok =
+            cms.get("demo-gateway").await.ok()?.data?["RIVA_URI"] == "riva-api.riva.svc:50051";
+        let svc = services.get_opt("demo-gateway").await.ok()??;
+        (uri_ok && svc.metadata.deletion_timestamp.is_none()).then_some(())
+    })
+    .await;
+
+    // Switched off: alerts, dashboards, the PDB (one replica), ServiceMonitors.
+    let off = json!({"spec": {"gateway": {"replicas": 1}, "observability": {
+        "prometheusRule": {"enabled": false}, "dashboards": {"enabled": false}, "serviceMonitor": {"enabled": false}}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap();
+    let vp3 = wait_ready(&api, "demo", TIMEOUT).await;
+    assert_eq!(
+        condition(&vp3, "MonitoringConfigured").unwrap().1,
+        "Disabled"
+    );
+    let rules: Api<PrometheusRule> = Api::namespaced(c.clone(), &ns.name);
+    let sms: Api<ServiceMonitor> = Api::namespaced(c.clone(), &ns.name);
+    eventually(Duration::from_secs(10), || async {
+        let gone = rules.get_opt("demo-alerts").await.ok()?.is_none()
+            && sms.get_opt("demo-gateway").await.ok()?.is_none()
+            && pdbs.get_opt("demo-gateway").await.ok()?.is_none()
+            && cms
+                .get_opt(&format!("voice-dashboard-{}-demo", ns.name))
+                .await
+                .ok()?
+                .is_none();
+        gone.then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riva_made_external_deletes_its_children_and_repoints_the_gateway() {
+    let plane = plane();
+    let ns = plane.namespace("riva-switch").await;
+    let c = ns.client.clone();
+    let _op = Operator::start(c.clone(), &[&ns.name]).await;
+    bind_volume(plane, &ns.name, "riva-models");
+    apply_ok(plane, &ns.name, &example("managed-riva-gpu.yaml"));
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&api, "voice", TIMEOUT).await;
+    let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
+    assert!(deployments.get_opt("voice-riva").await.unwrap().is_some());
+
+    let patch = json!({"spec": {"riva": {"managed": null, "external": {"uri": "riva-api.riva.svc:50051"}}}});
+    api.patch("voice", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let vp = wait_for(&api, "voice", TIMEOUT, "external and Ready", |vp| {
+        condition(vp, "RivaAvailable").is_some_and(|c| c.1 == "External")
+            && condition(vp, "Ready").is_some_and(|c| c.0 == "True")
+            && vp.status.as_ref().and_then(|s| s.observed_generation) == vp.metadata.generation
+    })
+    .await;
+    assert_eq!(vp.status.unwrap().riva.unwrap().ready, "external");
+    let services: Api<Service> = Api::namespaced(c.clone(), &ns.name);
+    let sms: Api<ServiceMonitor> = Api::namespaced(c.clone(), &ns.name);
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), &ns.name);
+    eventually(Duration::from_secs(10), || async {
+        let gone = deployments.get_opt("voice-riva").await.ok()?.is_none()
+            && services.get_opt("voice-riva").await.ok()?.is_none()
+            && sms.get_opt("voice-riva").await.ok()?.is_none();
+        let data: BTreeMap<String, String> = cms.get("voice-gateway").await.ok()?.data?;
+        (gone && data["RIVA_URI"] == "riva-api.riva.svc:50051").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_tell_the_truth() {
+    let plane = plane();
+    let ns = plane.namespace("admin").await;
+    let op = Operator::start(ns.client.clone(), &[&ns.name]).await;
+    eventually(Duration::from_secs(20), || async {
+        (op.admin_get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(op.admin_get("/livez").await.0, 200);
+    apply_ok(plane, &ns.name, &example("minimal.yaml"));
+    let api: Api<VoicePipeline> = Api::namespaced(ns.client.clone(), &ns.name);
+    wait_ready(&api, "demo", TIMEOUT).await;
+    let (_, metrics) = op.admin_get("/metrics").await;
+    for m in [
+        "voice_operator_reconciles_total",
+        "voice_operator_reconcile_duration_seconds_bucket",
+        "voice_operator_api_writes_total",
+    ] {
+        assert!(metrics.contains(m), "/metrics lacks {m}:\n{metrics}");
+    }
+    // A child the API server refuses: a component condition says why, Ready stays (the
+    // gateway serves), and the error is counted by reason.
+    let bad =
+        json!({"spec": {"observability": {"dashboards": {"namespace": "no-such-namespace"}}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .unwrap();
+    let vp = wait_for(&api, "demo", TIMEOUT, "DashboardsConfigured=False", |vp| {
+        condition(vp, "DashboardsConfigured").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, _, msg) = condition(&vp, "DashboardsConfigured").unwrap();
+    assert!(msg.contains("no-such-namespace"), "{msg}");
+    assert_eq!(
+        condition(&vp, "Ready").unwrap().0,
+        "True",
+        "the pipeline still serves"
+    );
+    eventually(Duration::from_secs(10), || async {
+        (op.metric("voice_operator_reconcile_errors_total{reason=\"NotFound\"}")
+            .await
+            > 0.0)
+            .then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}

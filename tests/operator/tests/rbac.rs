@@ -1,0 +1,177 @@
+//! The operator runs with exactly the RBAC of `deploy/` (a ServiceAccount token), and it is
+//! enough: every child kind is created, patched and deleted, the finalizer works, Events are
+//! published, and two replicas share the work through the leader Lease.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use operator_tests::{
+    Operator, apply_ok, bind_volume, condition, ensure_namespace, example, plane, wait_for,
+    wait_ready,
+};
+use serde_json::json;
+use test_support::{eventually, repo_root};
+use voice_operator::controller::LeaderElection;
+use voice_operator::monitoring_crds::PrometheusRule;
+use voice_types::VoicePipeline;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+const OPERATOR_NS: &str = "voice-operator-system";
+
+fn leader(name: &str, identity: &str) -> Option<LeaderElection> {
+    Some(LeaderElection {
+        namespace: OPERATOR_NS.into(),
+        name: name.into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(6),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_rbac_is_enough_and_two_replicas_share_a_lease() {
+    let plane = plane();
+    for f in ["namespace.yaml", "serviceaccount.yaml", "rbac.yaml"] {
+        let out = plane
+            .kubectl()
+            .args(["apply", "-f"])
+            .arg(repo_root().join("deploy").join(f))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ns = plane.namespace("rbac").await;
+    ensure_namespace(&ns.client, "grafana").await;
+    let sa = plane
+        .service_account_client(OPERATOR_NS, "voice-operator")
+        .await;
+    let lease_name = format!("lease-{}", ns.name);
+    let a = Operator::start_with(sa.clone(), &[&ns.name], leader(&lease_name, "replica-a")).await;
+    let b = Operator::start_with(sa.clone(), &[&ns.name], leader(&lease_name, "replica-b")).await;
+
+    // Every kind of child, the finalizer and a cross-namespace dashboard.
+    bind_volume(plane, &ns.name, "riva-models");
+    apply_ok(plane, &ns.name, &example("managed-riva-gpu.yaml"));
+    apply_ok(plane, &ns.name, &example("external-riva.yaml"));
+    let api: Api<VoicePipeline> = Api::namespaced(ns.client.clone(), &ns.name);
+    for name in ["voice", "support-line"] {
+        let vp = wait_ready(&api, name, TIMEOUT).await;
+        for t in [
+            "GatewayAvailable",
+            "RivaAvailable",
+            "MonitoringConfigured",
+            "DashboardsConfigured",
+        ] {
+            let (status, reason, message) = condition(&vp, t).unwrap();
+            assert_eq!(status, "True", "{name} {t}: {reason}: {message}");
+        }
+    }
+
+    // One leader holds the Lease; the other stands by, ready.
+    let leases: Api<Lease> = Api::namespaced(ns.client.clone(), OPERATOR_NS);
+    let holder = leases
+        .get(&lease_name)
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert!(holder == "replica-a" || holder == "replica-b", "{holder}");
+    assert_eq!(a.admin_get("/readyz").await.0, 200);
+    assert_eq!(b.admin_get("/readyz").await.0, 200);
+    let leading = a.metric("voice_operator_leader").await + b.metric("voice_operator_leader").await;
+    assert_eq!(leading, 1.0, "exactly one leader");
+
+    // Delete verbs: a switched-off PrometheusRule goes.
+    let off = json!({"spec": {"observability": {"prometheusRule": {"enabled": false}}}});
+    api.patch("voice", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap();
+    let rules: Api<PrometheusRule> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(TIMEOUT, || async {
+        rules
+            .get_opt("voice-alerts")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Events: a reconcile error is published by the operator's ServiceAccount.
+    let bad =
+        json!({"spec": {"observability": {"dashboards": {"namespace": "no-such-namespace"}}}});
+    api.patch("support-line", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    eventually(TIMEOUT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reporting_controller.as_deref() == Some("voice-operator")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .then_some(())
+    })
+    .await;
+    let fix = json!({"spec": {"observability": {"dashboards": {"namespace": "grafana"}}}});
+    api.patch("support-line", &PatchParams::default(), &Patch::Merge(&fix))
+        .await
+        .unwrap();
+
+    // The leader goes (gracefully, releasing the Lease): the standby takes over.
+    let (leader_op, standby) = if holder == "replica-a" {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    leader_op.stop().await.unwrap();
+    eventually(TIMEOUT, || async {
+        (standby.metric("voice_operator_leader").await == 1.0).then_some(())
+    })
+    .await;
+    let scale = json!({"spec": {"gateway": {"replicas": 3}}});
+    api.patch("voice", &PatchParams::default(), &Patch::Merge(&scale))
+        .await
+        .unwrap();
+    let vp = wait_for(
+        &api,
+        "voice",
+        TIMEOUT,
+        "3 gateway replicas observed",
+        |vp| {
+            vp.status
+                .as_ref()
+                .and_then(|s| s.gateway.as_ref())
+                .is_some_and(|g| g.ready == "3/3")
+                && vp.status.as_ref().and_then(|s| s.observed_generation) == vp.metadata.generation
+        },
+    )
+    .await;
+    assert_eq!(condition(&vp, "Ready").unwrap().0, "True");
+
+    // Deleting: the finalizer (patch on the pipeline, delete in another namespace) works.
+    api.delete("support-line", &DeleteParams::default())
+        .await
+        .unwrap();
+    let grafana: Api<ConfigMap> = Api::namespaced(ns.client.clone(), "grafana");
+    let dash = format!("voice-dashboard-{}-support-line", ns.name);
+    eventually(TIMEOUT, || async {
+        let gone = api.get_opt("support-line").await.ok()?.is_none()
+            && grafana.get_opt(&dash).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
+    let _ = standby.stop().await;
+    let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
+}
