@@ -6,7 +6,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 started=0
-if ! KUBECONFIG="$root/.cluster/kubeconfig" kubectl get --raw /readyz >/dev/null 2>&1; then
+if ! "$root/.cluster/bin/kubectl" --kubeconfig "$root/.cluster/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
   flock "$root/.cluster.lock" "$here/plane/up.sh" || exit 1
   started=1
 fi

@@ -44,6 +44,8 @@ components=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 all_alive=1
 for c in "${components[@]}"; do alive "$c" || all_alive=0; done
 if [ "$all_alive" = 1 ] && kc get --raw /readyz >/dev/null 2>&1; then
+  # The tools beside it (kubectl, helm) follow the pinned versions even while it runs.
+  ln -sfn "$("$here/build.sh")" "$dir/bin"
   say "control plane already running ($kubeconfig)"
   exit 0
 fi
