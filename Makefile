@@ -6,13 +6,20 @@ export CARGO_TARGET_DIR ?= $(CACHE)/target
 export CARGO_TERM_COLOR ?= never
 PLANE_DIR := $(CURDIR)/.cluster
 CRD_FILE := crds/voice.workflow.io_voicepipelines.yaml
+CHART := deploy/helm/voice-operator
 CARGO ?= cargo
 
-.PHONY: help deps plane cluster-up cluster-down fmt lint crds crds-check install run \
-        build test test-unit test-integration bench
+.PHONY: demo demo-down docs help deps plane cluster-up cluster-down fmt lint crds crds-check install run \
+        build test test-unit test-integration test-python bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+demo: ## build everything, start a local cluster, the operator, a pipeline and one spoken turn
+	@tools/demo.sh
+
+demo-down: ## stop everything make demo started
+	@tools/demo-down.sh
 
 deps: ## install the system packages the build and tests use (apt; idempotent)
 	@tools/deps.sh
@@ -33,11 +40,15 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-crds: ## regenerate crds/ from the Rust types
+crds: ## regenerate crds/ (and the Helm chart's copy) from the Rust types
 	$(CARGO) run -q --locked -p voice-operator -- crd > $(CRD_FILE)
+	cp $(CRD_FILE) $(CHART)/crds/
 
 crds-check: crds ## fail when crds/ differs from what the Rust types generate
-	@git diff --exit-code -- crds/ || { echo "crds/ is stale: run 'make crds' and commit it" >&2; exit 1; }
+	@git diff --exit-code -- crds/ $(CHART)/crds/ || { echo "crds/ is stale: run 'make crds' and commit it" >&2; exit 1; }
+
+docs: ## regenerate docs/reference/voicepipeline.md from the CRD schema
+	UPDATE_DOCS=1 $(CARGO) test -q --locked -p deploy-tests --test crd_reference
 
 install: ## apply the CRDs to the cluster of $$KUBECONFIG
 	kubectl apply --server-side -f crds/
@@ -49,10 +60,20 @@ build: ## build every binary
 	$(CARGO) build --workspace --locked --bins
 
 test: deps plane lint crds-check ## everything CI runs: lint, drift checks, unit, API-server and end-to-end tests
-	tests/with-plane.sh $(MAKE) --no-print-directory test-unit test-integration
+	tests/with-plane.sh $(MAKE) --no-print-directory test-unit test-integration test-python
 
 test-unit: ## fast unit tests beside the code
 	$(CARGO) test --workspace --locked --lib --bins
 
 test-integration: ## API-server and end-to-end tests under tests/ (starts the plane if needed)
-	$(CARGO) test --workspace --locked --tests --test '*'
+	$(CARGO) test --workspace --locked --test '*'
+
+test-python: ## NVIDIA's riva client and the openai SDK against the simulator and gateway (venv in CACHE)
+	$(CARGO) build --locked -p voice-gateway -p voice-sim -p voice-client --bins
+	VOICE_SIM_BIN=$(CARGO_TARGET_DIR)/debug/voice-sim VOICE_GATEWAY_BIN=$(CARGO_TARGET_DIR)/debug/voice-gateway \
+	  VOICE_CLIENT_BIN=$(CARGO_TARGET_DIR)/debug/voice-client tests/python/run.sh
+
+bench: ## benchmarks: control plane, gateway, operator (results and commands: BENCHMARKS.md)
+	tests/plane/bench.sh 5
+	crates/voice-gateway/bench.sh
+	tests/operator/bench.sh

@@ -42,9 +42,17 @@ fn health_of(object: &serde_json::Value) -> Health {
         .stderr(Stdio::piped())
         .spawn()
         .expect("lua5.1 runs (make deps installs it)");
-    lua.stdin.take().unwrap().write_all(object.to_string().as_bytes()).unwrap();
+    lua.stdin
+        .take()
+        .unwrap()
+        .write_all(object.to_string().as_bytes())
+        .unwrap();
     let out = lua.wait_with_output().unwrap();
-    assert!(out.status.success(), "health.lua failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "health.lua failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("health as JSON")
 }
 
@@ -52,12 +60,14 @@ fn health_of(object: &serde_json::Value) -> Health {
 fn every_case_maps_conditions_to_the_expected_health() {
     let dir = argocd_dir();
     let cases: Cases =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("health_test.yaml")).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("health_test.yaml")).unwrap())
+            .unwrap();
     assert!(cases.tests.len() >= 7, "the cases went missing");
     let mut seen = std::collections::BTreeSet::new();
     for case in &cases.tests {
         let object: serde_json::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join(&case.input_path)).unwrap()).unwrap();
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join(&case.input_path)).unwrap())
+                .unwrap();
         let health = health_of(&object);
         assert_eq!(health, case.health_status, "case {}", case.input_path);
         seen.insert(health.status);
@@ -71,10 +81,14 @@ fn every_case_maps_conditions_to_the_expected_health() {
 fn the_argocd_configmap_carries_health_lua_verbatim() {
     let dir = argocd_dir();
     let cm: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("argocd-cm.yaml")).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("argocd-cm.yaml")).unwrap())
+            .unwrap();
     let embedded = cm["data"]["resource.customizations.health.voice.workflow.io_VoicePipeline"]
         .as_str()
         .expect("the health key");
     let lua = std::fs::read_to_string(dir.join("health.lua")).unwrap();
-    assert_eq!(embedded, lua, "deploy/argocd/argocd-cm.yaml differs from health.lua");
+    assert_eq!(
+        embedded, lua,
+        "deploy/argocd/argocd-cm.yaml differs from health.lua"
+    );
 }

@@ -11,7 +11,10 @@ const CRD: &str = "crds/voice.workflow.io_voicepipelines.yaml";
 const DOC: &str = "docs/reference/voicepipeline.md";
 
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ").replace('|', "\\|")
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace('|', "\\|")
 }
 
 fn scalar(value: &Value) -> String {
@@ -19,7 +22,10 @@ fn scalar(value: &Value) -> String {
         Value::String(s) => format!("`{s:?}`"),
         Value::Null => String::new(),
         // Schema bounds come back as floats (`8000.0`); a reader wants `8000`.
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) => {
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) =>
+        {
             format!("`{}`", n.as_f64().unwrap() as i64)
         }
         other => format!("`{}`", serde_json::to_string(other).unwrap_or_default()),
@@ -34,8 +40,12 @@ fn type_of(schema: &Value) -> String {
             format!("map[string]{}", type_of(&schema["additionalProperties"]))
         }
         Some(t) => t.to_string(),
-        None if schema["x-kubernetes-int-or-string"].as_bool() == Some(true) => "int-or-string".into(),
-        None if schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true) => "any".into(),
+        None if schema["x-kubernetes-int-or-string"].as_bool() == Some(true) => {
+            "int-or-string".into()
+        }
+        None if schema["x-kubernetes-preserve-unknown-fields"].as_bool() == Some(true) => {
+            "any".into()
+        }
         None => "object".into(),
     }
 }
@@ -58,11 +68,16 @@ fn constraints(schema: &Value) -> String {
         }
     }
     if let Some(values) = schema["enum"].as_sequence() {
-        out.push(format!("one of {}", values.iter().map(scalar).collect::<Vec<_>>().join(", ")));
+        out.push(format!(
+            "one of {}",
+            values.iter().map(scalar).collect::<Vec<_>>().join(", ")
+        ));
     }
     if let Some(rules) = schema["x-kubernetes-validations"].as_sequence() {
         for rule in rules {
-            let message = rule["message"].as_str().unwrap_or_else(|| rule["rule"].as_str().unwrap_or(""));
+            let message = rule["message"]
+                .as_str()
+                .unwrap_or_else(|| rule["rule"].as_str().unwrap_or(""));
             out.push(one_line(message));
         }
     }
@@ -70,13 +85,23 @@ fn constraints(schema: &Value) -> String {
 }
 
 fn walk(out: &mut String, path: &str, schema: &Value, required: &[String]) {
-    let Some(properties) = schema["properties"].as_mapping() else { return };
+    let Some(properties) = schema["properties"].as_mapping() else {
+        return;
+    };
     for (name, child) in properties {
         let name = name.as_str().unwrap();
         let field = format!("{path}.{name}");
-        let req = if required.iter().any(|r| r == name) { "yes" } else { "" };
+        let req = if required.iter().any(|r| r == name) {
+            "yes"
+        } else {
+            ""
+        };
         // An object's default is the sum of its fields' defaults, listed with them.
-        let default = if child["properties"].is_null() { scalar(&child["default"]) } else { String::new() };
+        let default = if child["properties"].is_null() {
+            scalar(&child["default"])
+        } else {
+            String::new()
+        };
         writeln!(
             out,
             "| `{field}` | {} | {req} | {} | {} | {} |",
@@ -86,12 +111,24 @@ fn walk(out: &mut String, path: &str, schema: &Value, required: &[String]) {
             constraints(child),
         )
         .unwrap();
-        let inner = if child["type"].as_str() == Some("array") { &child["items"] } else { child };
+        let inner = if child["type"].as_str() == Some("array") {
+            &child["items"]
+        } else {
+            child
+        };
         let inner_required: Vec<String> = inner["required"]
             .as_sequence()
-            .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
-        let suffix = if child["type"].as_str() == Some("array") { "[]" } else { "" };
+        let suffix = if child["type"].as_str() == Some("array") {
+            "[]"
+        } else {
+            ""
+        };
         walk(out, &format!("{field}{suffix}"), inner, &inner_required);
     }
 }
@@ -116,21 +153,38 @@ fn render(crd: &Value) -> String {
         crd["spec"]["scope"].as_str().unwrap_or("").to_lowercase(),
         crd["spec"]["names"]["shortNames"]
             .as_sequence()
-            .map(|s| s.iter().map(|n| format!("`{}`", n.as_str().unwrap_or(""))).collect::<Vec<_>>().join(", "))
+            .map(|s| s
+                .iter()
+                .map(|n| format!("`{}`", n.as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join(", "))
             .unwrap_or_default(),
     )
     .unwrap();
     if let Some(rules) = schema["properties"]["spec"]["x-kubernetes-validations"].as_sequence() {
         writeln!(out, "Rules across fields, checked at `kubectl apply`:\n").unwrap();
         for rule in rules {
-            writeln!(out, "- {}", one_line(rule["message"].as_str().unwrap_or(""))).unwrap();
+            writeln!(
+                out,
+                "- {}",
+                one_line(rule["message"].as_str().unwrap_or(""))
+            )
+            .unwrap();
         }
         writeln!(out).unwrap();
     }
     if let Some(columns) = version["additionalPrinterColumns"].as_sequence() {
-        writeln!(out, "## `kubectl get vp` columns\n\n| column | shows |\n|---|---|").unwrap();
+        writeln!(
+            out,
+            "## `kubectl get vp` columns\n\n| column | shows |\n|---|---|"
+        )
+        .unwrap();
         for c in columns {
-            let wide = if c["priority"].as_i64().unwrap_or(0) > 0 { " (with `-o wide`)" } else { "" };
+            let wide = if c["priority"].as_i64().unwrap_or(0) > 0 {
+                " (with `-o wide`)"
+            } else {
+                ""
+            };
             writeln!(
                 out,
                 "| {} | {}{wide} |",
@@ -150,7 +204,11 @@ fn render(crd: &Value) -> String {
         .unwrap();
         let required: Vec<String> = schema["properties"][part]["required"]
             .as_sequence()
-            .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|r| {
+                r.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         walk(&mut out, part, &schema["properties"][part], &required);
         writeln!(out).unwrap();
@@ -161,14 +219,21 @@ fn render(crd: &Value) -> String {
 #[test]
 fn the_crd_reference_matches_the_schema() {
     let root = repo_root();
-    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(root.join(CRD)).unwrap()).unwrap();
+    let crd: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root.join(CRD)).unwrap()).unwrap();
     let rendered = render(&crd);
-    assert!(rendered.contains("`spec.llm.url`"), "the reference lost the LLM endpoint field");
+    assert!(
+        rendered.contains("`spec.llm.url`"),
+        "the reference lost the LLM endpoint field"
+    );
     let path = root.join(DOC);
     if std::env::var_os("UPDATE_DOCS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &rendered).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(committed == rendered, "{DOC} is stale: run `make docs` and commit it");
+    assert!(
+        committed == rendered,
+        "{DOC} is stale: run `make docs` and commit it"
+    );
 }
