@@ -119,6 +119,9 @@ pub struct Context {
     pub monitoring: Arc<MonitoringKinds>,
     /// Consecutive failures per pipeline, for backoff.
     failures: std::sync::Mutex<HashMap<ObjectRef<DeserializeGuard<VoicePipeline>>, u32>>,
+    /// The status last written per pipeline (uid), and when: the watch cache can lag behind
+    /// our own write, and a pass on the stale copy must not write the same status again.
+    written: std::sync::Mutex<HashMap<String, (VoicePipelineStatus, Instant)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -266,10 +269,14 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action,
 
     // status (pure), written only when it changed
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let new = status::compute(&v, vp.status.as_ref(), &observed, &now);
-    write_status(vp, ctx, &api, &new).await?;
+    let recent = recently_written(ctx, vp);
+    let new = status::compute(&v, recent.as_ref().or(vp.status.as_ref()), &observed, &now);
+    if recent.as_ref() != Some(&new) {
+        write_status(vp, ctx, &api, &new).await?;
+    }
 
     if let Some(err) = observed.error.as_ref().or(observed.aux_error.as_ref()) {
+        tracing::warn!(namespace = %ns, name = %vp.name_any(), reason = %err.reason, error = %err.message, "reconcile incomplete; retrying");
         publish(ctx, vp, EventType::Warning, &err.reason, &err.message).await;
         ctx.metrics.error(&err.reason);
         // Retry with backoff; the status already says why.
@@ -316,20 +323,15 @@ fn backoff(ctx: &Context, vp: &VoicePipeline) -> Duration {
     Duration::from_millis((500u64 << (*n).min(10)).min(300_000))
 }
 
-/// Applies every child in order; records what it saw for the status step.
+/// Applies every child; records what it saw for the status step.
+///
+/// Three groups run concurrently: the core (gateway, Riva), monitoring, and dashboards. Within
+/// the core everything is applied at once except the gateway Deployment, which waits for its
+/// ConfigMap (its pods read it at start). Apply latency is one or two round trips, not ten.
 async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Observed {
     let s = &ctx.stores;
     let a = &ctx.applier;
     let ns = v.namespace.as_str();
-    let mut obs = Observed {
-        gateway: None,
-        riva: None,
-        monitoring: Outcome::Applied,
-        dashboards: Outcome::Disabled,
-        error: None,
-        aux_error: None,
-        dashboards_namespace: None,
-    };
     let Children {
         gateway_config,
         gateway_deployment,
@@ -346,31 +348,43 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     let riva = v.child_name(Component::Riva);
     let dash_name = v.child_name(Component::Dashboards);
 
-    // Core: gateway and Riva. Riva first: the gateway starts against it.
+    // Core: gateway and Riva.
     let core = async {
-        if let Some(d) = &riva_deployment {
-            a.apply(
-                riva_service.as_ref().expect("built with the Deployment"),
-                "riva",
-                Some(&s.services),
-            )
-            .await?;
-            obs.riva = a
-                .apply(d, "riva", Some(&s.deployments))
-                .await?
-                .map(|d| Rollout::of(&d));
-        }
-        a.apply(&gateway_config, "gateway", Some(&s.config_maps))
-            .await?;
-        a.apply(&gateway_service, "gateway", Some(&s.services))
-            .await?;
-        obs.gateway = a
-            .apply(&gateway_deployment, "gateway", Some(&s.deployments))
-            .await?
-            .map(|d| Rollout::of(&d));
-        if let Some(pdb) = &gateway_pdb {
-            a.apply(pdb, "gateway", Some(&s.pdbs)).await?;
-        }
+        let riva_fut = async {
+            match (&riva_deployment, &riva_service) {
+                (Some(d), Some(svc)) => {
+                    let (svc, d) = futures::join!(
+                        a.apply(svc, "riva", Some(&s.services)),
+                        a.apply(d, "riva", Some(&s.deployments))
+                    );
+                    svc?;
+                    Ok::<_, ApplyError>(d?.map(|d| Rollout::of(&d)))
+                }
+                _ => Ok(None),
+            }
+        };
+        let pdb_fut = async {
+            match &gateway_pdb {
+                Some(pdb) => a.apply(pdb, "gateway", Some(&s.pdbs)).await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let gateway_fut = async {
+            let (cm, svc) = futures::join!(
+                a.apply(&gateway_config, "gateway", Some(&s.config_maps)),
+                a.apply(&gateway_service, "gateway", Some(&s.services))
+            );
+            cm?;
+            svc?;
+            let d = a
+                .apply(&gateway_deployment, "gateway", Some(&s.deployments))
+                .await?;
+            Ok::<_, ApplyError>(d.map(|d| Rollout::of(&d)))
+        };
+        let (riva_rollout, pdb, gateway_rollout) = futures::join!(riva_fut, pdb_fut, gateway_fut);
+        let riva_rollout = riva_rollout?;
+        let gateway_rollout = gateway_rollout?;
+        pdb?;
         // Children of switched-off components.
         let deployments: Vec<&str> = [
             Some(gw.as_str()),
@@ -389,12 +403,8 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             .into_iter()
             .collect();
         a.delete_orphans(&s.pdbs, ns, &v.name, &pdbs).await?;
-        Ok::<_, ApplyError>(())
-    }
-    .await;
-    if let Err(e) = core {
-        obs.error = Some(pass_error(&e));
-    }
+        Ok::<_, ApplyError>((gateway_rollout, riva_rollout))
+    };
 
     // Monitoring: only the kinds the API server serves.
     let mon = &ctx.monitoring;
@@ -410,20 +420,32 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     .filter_map(|(m, k)| m.then_some(k))
     .collect();
     let monitoring = async {
-        if sm_served {
-            let mut keep = vec![];
-            for sm in [&gateway_service_monitor, &riva_service_monitor]
+        let sms = async {
+            if !sm_served {
+                return Ok(());
+            }
+            let wanted: Vec<&ServiceMonitor> = [&gateway_service_monitor, &riva_service_monitor]
                 .into_iter()
                 .flatten()
-            {
-                a.apply(sm, "monitoring", Some(&s.service_monitors)).await?;
-                keep.push(sm.name_any());
+                .collect();
+            let results = futures::future::join_all(
+                wanted
+                    .iter()
+                    .map(|sm| a.apply(*sm, "monitoring", Some(&s.service_monitors))),
+            )
+            .await;
+            for r in results {
+                r?;
             }
+            let keep: Vec<String> = wanted.iter().map(|sm| sm.name_any()).collect();
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
             a.delete_orphans(&s.service_monitors, ns, &v.name, &keep)
-                .await?;
-        }
-        if pr_served {
+                .await
+        };
+        let prs = async {
+            if !pr_served {
+                return Ok(());
+            }
             let mut keep = vec![];
             if let Some(pr) = &prometheus_rule {
                 a.apply(pr, "monitoring", Some(&s.prometheus_rules)).await?;
@@ -431,14 +453,49 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             }
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
             a.delete_orphans(&s.prometheus_rules, ns, &v.name, &keep)
-                .await?;
+                .await
+        };
+        let (sm, pr) = futures::join!(sms, prs);
+        sm.and(pr)
+    };
+
+    // Dashboards (maybe in another namespace) and the ConfigMaps' orphans.
+    let dashboards = async {
+        let mut keep = vec![gw.as_str()];
+        let mut placed = None;
+        if let Some(d) = &dashboard {
+            let dns = d.namespace().unwrap_or_default();
+            let cache = (dns == ns).then_some(&s.config_maps);
+            a.apply(d, "dashboards", cache).await?;
+            if dns == ns {
+                keep.push(dash_name.as_str());
+            }
+            placed = Some(dns);
         }
-        Ok::<_, ApplyError>(())
+        a.delete_orphans(&s.config_maps, ns, &v.name, &keep).await?;
+        Ok::<_, ApplyError>(placed)
+    };
+
+    let (core, monitoring, dashboards) = futures::join!(core, monitoring, dashboards);
+    let mut obs = Observed {
+        gateway: None,
+        riva: None,
+        monitoring: Outcome::Applied,
+        dashboards: Outcome::Disabled,
+        error: None,
+        aux_error: None,
+        dashboards_namespace: None,
+    };
+    match core {
+        Ok((gateway, riva)) => {
+            obs.gateway = gateway;
+            obs.riva = riva;
+        }
+        Err(e) => obs.error = Some(pass_error(&e)),
     }
-    .await;
     obs.monitoring = match monitoring {
         Err(e) if e.is_not_found() => {
-            // The CRD went away since discovery looked: say so and look again.
+            // The CRD went away since discovery looked: say so; discovery looks again.
             mon.service_monitors.store(false, Ordering::Relaxed);
             mon.prometheus_rules.store(false, Ordering::Relaxed);
             Outcome::CrdsMissing("ServiceMonitor, PrometheusRule".into())
@@ -452,33 +509,31 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         Ok(()) if !want_sm && !want_pr => Outcome::Disabled,
         Ok(()) => Outcome::Applied,
     };
-
-    // Dashboards (maybe in another namespace) and the gateway ConfigMap's orphans.
-    let dashboards = async {
-        let mut keep = vec![gw.as_str()];
-        if let Some(d) = &dashboard {
-            let dns = d.namespace().unwrap_or_default();
-            let cache = (dns == ns).then_some(&s.config_maps);
-            a.apply(d, "dashboards", cache).await?;
-            if dns == ns {
-                keep.push(dash_name.as_str());
-            }
-            obs.dashboards_namespace = Some(dns);
-        }
-        a.delete_orphans(&s.config_maps, ns, &v.name, &keep).await?;
-        Ok::<_, ApplyError>(())
-    }
-    .await;
-    obs.dashboards = match (dashboards, &dashboard) {
-        (Err(e), _) => {
+    obs.dashboards = match dashboards {
+        Err(e) => {
             let out = Outcome::Failed(e.to_string());
             obs.aux_error.get_or_insert(pass_error(&e));
             out
         }
-        (Ok(()), Some(_)) => Outcome::Applied,
-        (Ok(()), None) => Outcome::Disabled,
+        Ok(Some(dns)) => {
+            obs.dashboards_namespace = Some(dns);
+            Outcome::Applied
+        }
+        Ok(None) => Outcome::Disabled,
     };
     obs
+}
+
+/// How long a status we wrote is trusted over the watch cache's copy.
+const WRITTEN_TRUST: Duration = Duration::from_secs(30);
+
+fn recently_written(ctx: &Context, vp: &VoicePipeline) -> Option<VoicePipelineStatus> {
+    let uid = vp.uid()?;
+    let w = ctx.written.lock().expect("not poisoned");
+    let (st, at) = w.get(&uid)?;
+    // Trusted only while it is for this generation and young: anything older, the cache has.
+    (at.elapsed() < WRITTEN_TRUST && st.observed_generation == vp.metadata.generation)
+        .then(|| st.clone())
 }
 
 async fn write_status(
@@ -490,6 +545,13 @@ async fn write_status(
     if vp.status.as_ref() == Some(new) {
         return Ok(());
     }
+    tracing::debug!(
+        namespace = ?vp.namespace(),
+        name = %vp.name_any(),
+        old = ?vp.status.as_ref().map(|s| s.conditions.iter().map(|c| format!("{}={}:{}", c.type_, c.status, c.reason)).collect::<Vec<_>>()),
+        new = ?new.conditions.iter().map(|c| format!("{}={}:{}", c.type_, c.status, c.reason)).collect::<Vec<_>>(),
+        "status changed"
+    );
     let patch = json!({
         "apiVersion": VoicePipeline::api_version(&()),
         "kind": VoicePipeline::kind(&()),
@@ -508,6 +570,11 @@ async fn write_status(
         source,
     })?;
     ctx.metrics.write("VoicePipeline", "status");
+    if let Some(uid) = vp.uid() {
+        let mut w = ctx.written.lock().expect("not poisoned");
+        w.retain(|_, (_, at)| at.elapsed() < WRITTEN_TRUST);
+        w.insert(uid, (new.clone(), Instant::now()));
+    }
     Ok(())
 }
 
@@ -864,6 +931,7 @@ pub async fn run_on(
             stores: stores.clone(),
             monitoring: kinds.clone(),
             failures: Default::default(),
+            written: Default::default(),
         });
         let api: Api<DeserializeGuard<VoicePipeline>> = match ns {
             Some(ns) => Api::namespaced(client.clone(), ns),

@@ -55,10 +55,12 @@ async fn spec_change_rolls_out_drift_is_undone_and_disabled_children_go() {
         .unwrap()
         .resource_version();
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = op.metric("voice_operator_api_writes_total").await;
     assert_eq!(
-        op.metric("voice_operator_api_writes_total").await,
+        after,
         writes,
-        "writes in steady state"
+        "writes in steady state:\n{}",
+        op.admin_get("/metrics").await.1
     );
     assert_eq!(
         api.get("demo").await.unwrap().resource_version(),

@@ -195,8 +195,9 @@ pub fn build_prometheus_rule(v: &Validated) -> Option<PrometheusRule> {
     }
     alerts.push(Alert {
         name: "VoiceGatewayStalledStreams",
+        // `or vector(0)`: a gateway that has not completed a turn yet has no requests series.
         expr: format!(
-            "(sum(voice_gateway_active_streams{{{g}}}) > 0) and (sum(rate(voice_gateway_requests_total{{{g}}}[10m])) == 0)"
+            "(sum(voice_gateway_active_streams{{{g}}}) > 0) and ((sum(rate(voice_gateway_requests_total{{{g}}}[10m])) or vector(0)) == 0)"
         ),
         for_: "10m".into(),
         severity: "warning",

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The operator's benchmarks (BENCHMARKS.md, section "Operator"), on a private local plane:
+# apply → children latency over LATENCY pipelines, then SCALE pipelines until all Ready with the
+# operator's peak RSS, CPU, API requests per pipeline and steady-state writes per minute.
+#   tests/operator/bench.sh [LATENCY=100] [SCALE=1000] [STEADY_SECONDS=60]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+cargo build -q --release --locked -p voice-operator -p operator-tests --bin voice-operator --bin operator-bench
+"$CARGO_TARGET_DIR/release/operator-bench" --operator "$CARGO_TARGET_DIR/release/voice-operator" \
+  --latency "${1:-100}" --scale "${2:-1000}" --steady-seconds "${3:-60}"
