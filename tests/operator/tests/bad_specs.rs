@@ -228,3 +228,33 @@ async fn bad_specs_are_rejected_at_apply_with_a_clear_message() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `kubectl explain` reads the CRD's descriptions: the schema is the manual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_reads_as_the_manual() {
+    let plane = plane();
+    let out = plane.kubectl_output(&["explain", "voicepipeline.spec", "--recursive"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for field in [
+        "gateway",
+        "llm",
+        "riva",
+        "observability",
+        "startupTimeoutSeconds",
+        "apiKeySecretRef",
+        "scrapeTimeout",
+    ] {
+        assert!(text.contains(field), "explain lacks {field}:\n{text}");
+    }
+    let out = plane.kubectl_output(&[
+        "explain",
+        "voicepipeline.spec.riva.managed.startupTimeoutSeconds",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("20–60 minutes on first start"), "{text}");
+}
