@@ -48,7 +48,10 @@ async fn running_pods(pods: &Api<Pod>, name: &str, count: usize) -> Vec<Pod> {
 }
 
 fn node_of(pod: &Pod) -> String {
-    pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default()
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -56,13 +59,20 @@ async fn deployment_pods_reach_running_on_kwok_nodes() {
     let ns = Plane::shared().namespace("plane-run").await;
     let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
     deployments
-        .create(&PostParams::default(), &deployment("web", 3, json!({ "containers": [container(json!({}))] })))
+        .create(
+            &PostParams::default(),
+            &deployment("web", 3, json!({ "containers": [container(json!({}))] })),
+        )
         .await
         .unwrap();
 
     let pods = running_pods(&Api::namespaced(ns.client.clone(), &ns.name), "web", 3).await;
     for pod in &pods {
-        assert!(node_of(pod).starts_with("kwok-node-"), "pod on {:?}", node_of(pod));
+        assert!(
+            node_of(pod).starts_with("kwok-node-"),
+            "pod on {:?}",
+            node_of(pod)
+        );
     }
     let ready = eventually(WAIT, || async {
         let d = deployments.get("web").await.ok()?;
@@ -78,24 +88,35 @@ async fn gpu_pods_land_only_on_the_gpu_node_and_others_stay_off_it() {
     let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let gpu = json!({ "limits": { "nvidia.com/gpu": "2" } });
-    let toleration = json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
+    let toleration =
+        json!([{ "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" }]);
 
     deployments
         .create(
             &PostParams::default(),
-            &deployment("riva", 2, json!({ "containers": [container(gpu.clone())], "tolerations": toleration })),
+            &deployment(
+                "riva",
+                2,
+                json!({ "containers": [container(gpu.clone())], "tolerations": toleration }),
+            ),
         )
         .await
         .unwrap();
     // Plain pods, many more than the CPU nodes need to share: the taint keeps them all off
     // the GPU node although it is the largest node.
     deployments
-        .create(&PostParams::default(), &deployment("plain", 6, json!({ "containers": [container(json!({}))] })))
+        .create(
+            &PostParams::default(),
+            &deployment("plain", 6, json!({ "containers": [container(json!({}))] })),
+        )
         .await
         .unwrap();
     // A GPU pod that does not tolerate the taint has nowhere to go.
     deployments
-        .create(&PostParams::default(), &deployment("untolerated", 1, json!({ "containers": [container(gpu)] })))
+        .create(
+            &PostParams::default(),
+            &deployment("untolerated", 1, json!({ "containers": [container(gpu)] })),
+        )
         .await
         .unwrap();
 
@@ -103,16 +124,29 @@ async fn gpu_pods_land_only_on_the_gpu_node_and_others_stay_off_it() {
         assert_eq!(node_of(&pod), "kwok-gpu-0");
     }
     for pod in running_pods(&pods, "plain", 6).await {
-        assert_ne!(node_of(&pod), "kwok-gpu-0", "an untolerating pod landed on the GPU node");
+        assert_ne!(
+            node_of(&pod),
+            "kwok-gpu-0",
+            "an untolerating pod landed on the GPU node"
+        );
     }
     let message = eventually(WAIT, || async {
-        let list = pods.list(&ListParams::default().labels("app=untolerated")).await.ok()?;
+        let list = pods
+            .list(&ListParams::default().labels("app=untolerated"))
+            .await
+            .ok()?;
         let status = list.items.first()?.status.clone()?;
-        let condition = status.conditions?.into_iter().find(|c| c.type_ == "PodScheduled")?;
+        let condition = status
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled")?;
         (condition.status == "False").then(|| condition.message.unwrap_or_default())
     })
     .await;
-    assert!(message.contains("untolerated taint"), "scheduler said: {message}");
+    assert!(
+        message.contains("untolerated taint"),
+        "scheduler said: {message}"
+    );
 }
 
 #[tokio::test]
@@ -122,16 +156,35 @@ async fn deleting_a_deployment_garbage_collects_its_replicasets_and_pods() {
     let pods: Api<Pod> = Api::namespaced(ns.client.clone(), &ns.name);
     let replicasets: Api<ReplicaSet> = Api::namespaced(ns.client.clone(), &ns.name);
     deployments
-        .create(&PostParams::default(), &deployment("gc", 2, json!({ "containers": [container(json!({}))] })))
+        .create(
+            &PostParams::default(),
+            &deployment("gc", 2, json!({ "containers": [container(json!({}))] })),
+        )
         .await
         .unwrap();
     running_pods(&pods, "gc", 2).await;
-    assert_eq!(replicasets.list(&ListParams::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        replicasets
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
 
-    deployments.delete("gc", &DeleteParams::background()).await.unwrap();
+    deployments
+        .delete("gc", &DeleteParams::background())
+        .await
+        .unwrap();
 
     eventually(WAIT, || async {
-        let rs = replicasets.list(&ListParams::default()).await.ok()?.items.len();
+        let rs = replicasets
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .len();
         let p = pods.list(&ListParams::default()).await.ok()?.items.len();
         (rs == 0 && p == 0).then_some(())
     })
@@ -163,9 +216,15 @@ fn kubectl_apply(plane: &Plane, namespace: &str, manifest: &str) -> (bool, Strin
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
@@ -179,7 +238,10 @@ async fn the_upstream_servicemonitor_schema_rejects_an_interval_that_is_not_a_du
 
     let (ok, output) = kubectl_apply(plane, &ns.name, &service_monitor("bad", "soon"));
     assert!(!ok, "an invalid interval was accepted: {output}");
-    assert!(output.contains("spec.endpoints[0].interval"), "unexpected error: {output}");
+    assert!(
+        output.contains("spec.endpoints[0].interval"),
+        "unexpected error: {output}"
+    );
 }
 
 #[tokio::test]
@@ -187,8 +249,12 @@ async fn rbac_is_enforced_for_service_accounts() {
     let plane = Plane::shared();
     let ns = plane.namespace("plane-rbac").await;
     let accounts: Api<ServiceAccount> = Api::namespaced(ns.client.clone(), &ns.name);
-    let account: ServiceAccount = serde_json::from_value(json!({ "metadata": { "name": "nobody" } })).unwrap();
-    accounts.create(&PostParams::default(), &account).await.unwrap();
+    let account: ServiceAccount =
+        serde_json::from_value(json!({ "metadata": { "name": "nobody" } })).unwrap();
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
 
     let nobody: Client = plane.service_account_client(&ns.name, "nobody").await;
     let err = Api::<Pod>::namespaced(nobody, &ns.name)

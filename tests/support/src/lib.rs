@@ -35,8 +35,13 @@ use kube::{
 };
 
 /// The components whose logs are printed when a test fails.
-const COMPONENTS: [&str; 5] =
-    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"];
+const COMPONENTS: [&str; 5] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kwok",
+];
 
 /// What a private plane starts with.
 #[derive(Clone, Debug)]
@@ -47,7 +52,9 @@ pub struct PlaneOptions {
 
 impl Default for PlaneOptions {
     fn default() -> Self {
-        Self { monitoring_crds: true }
+        Self {
+            monitoring_crds: true,
+        }
     }
 }
 
@@ -74,7 +81,11 @@ impl Plane {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo_root().join(".cluster"));
             start(&dir, &PlaneOptions::default()).unwrap_or_else(|e| panic!("{e:#}"));
-            Plane { kubeconfig: dir.join("kubeconfig"), dir, owned: false }
+            Plane {
+                kubeconfig: dir.join("kubeconfig"),
+                dir,
+                owned: false,
+            }
         })
     }
 
@@ -83,7 +94,11 @@ impl Plane {
     pub fn private(name: &str, options: PlaneOptions) -> Plane {
         let dir = std::env::temp_dir().join(format!("voice-plane-{name}-{}", std::process::id()));
         start(&dir, &options).unwrap_or_else(|e| panic!("{e:#}"));
-        Plane { kubeconfig: dir.join("kubeconfig"), dir, owned: true }
+        Plane {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            owned: true,
+        }
     }
 
     /// A client with the admin's rights.
@@ -108,7 +123,10 @@ impl Plane {
     /// A fresh namespace `PREFIX-<unique>` with its default ServiceAccount in place.
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = format!("{prefix}-{:x}{n}", (nanos ^ std::process::id()) & 0xfffff);
         let client = self.client().await;
@@ -125,7 +143,12 @@ impl Plane {
             accounts.get_opt("default").await.ok().flatten()
         })
         .await;
-        TestNamespace { name, client, plane_dir: self.dir.clone(), kubeconfig: self.kubeconfig.clone() }
+        TestNamespace {
+            name,
+            client,
+            plane_dir: self.dir.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        }
     }
 
     /// A client that authenticates as ServiceAccount `NAME` of `NAMESPACE` (a bound token from
@@ -160,12 +183,18 @@ impl Plane {
     /// Installs prometheus-operator's monitoring CRDs (for planes started without them).
     pub fn install_monitoring_crds(&self) {
         let script = repo_root().join("tests/plane/monitoring-crds.sh");
-        run(Command::new(script).env("KUBECTL", kubectl_in(&self.dir)).arg(&self.kubeconfig)).unwrap_or_else(|e| panic!("{e:#}"));
+        run(Command::new(script)
+            .env("KUBECTL", kubectl_in(&self.dir))
+            .arg(&self.kubeconfig))
+        .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Where each component's log is.
     pub fn log_paths(&self) -> Vec<PathBuf> {
-        COMPONENTS.iter().map(|c| self.dir.join("logs").join(format!("{c}.log"))).collect()
+        COMPONENTS
+            .iter()
+            .map(|c| self.dir.join("logs").join(format!("{c}.log")))
+            .collect()
     }
 }
 
@@ -198,13 +227,25 @@ impl Drop for TestNamespace {
             eprintln!("test failed: namespace {} kept for inspection", self.name);
             eprintln!("  KUBECONFIG={}", self.kubeconfig.display());
             for c in COMPONENTS {
-                eprintln!("  {c} log: {}", self.plane_dir.join("logs").join(format!("{c}.log")).display());
+                eprintln!(
+                    "  {c} log: {}",
+                    self.plane_dir
+                        .join("logs")
+                        .join(format!("{c}.log"))
+                        .display()
+                );
             }
             return;
         }
         let _ = Command::new(kubectl_in(&self.plane_dir))
             .env("KUBECONFIG", &self.kubeconfig)
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .output();
     }
 }
@@ -234,12 +275,19 @@ where
 
 /// The repository's top directory.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repository root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
 }
 
 fn kubectl_in(plane_dir: &Path) -> PathBuf {
     let built = plane_dir.join("bin/kubectl");
-    if built.exists() { built } else { PathBuf::from("kubectl") }
+    if built.exists() {
+        built
+    } else {
+        PathBuf::from("kubectl")
+    }
 }
 
 async fn client_from(kubeconfig: Kubeconfig) -> Client {
@@ -254,7 +302,10 @@ fn start(dir: &Path, options: &PlaneOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = dir.with_extension("lock");
     let mut cmd = Command::new("flock");
-    cmd.arg(&lock).arg(repo_root().join("tests/plane/up.sh")).arg("--dir").arg(dir);
+    cmd.arg(&lock)
+        .arg(repo_root().join("tests/plane/up.sh"))
+        .arg("--dir")
+        .arg(dir);
     if !options.monitoring_crds {
         cmd.arg("--no-monitoring-crds");
     }
