@@ -8,9 +8,10 @@ use std::time::Duration;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -191,6 +192,11 @@ pub fn build_shared(config: Config, drain: watch::Receiver<bool>) -> anyhow::Res
     }))
 }
 
+/// The gRPC listener as tonic's incoming stream, every accepted socket with TCP_NODELAY.
+pub fn grpc_incoming(l: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(l).with_nodelay(Some(true))
+}
+
 /// Serves until `shutdown` resolves, then drains: stop accepting, let active turns finish within
 /// SHUTDOWN_GRACE_PERIOD, return.
 pub async fn serve(
@@ -231,18 +237,22 @@ pub async fn serve(
         limit: Arc::new(Semaphore::new(shared.config.max_concurrent_streams)),
     };
     let mut drain_wait = drain_rx.clone();
+    // `Server::tcp_nodelay` is ignored by `serve_with_incoming*`: the accepted sockets get it
+    // here. Without it Nagle holds each small response frame (audio chunk, event) until the
+    // client's delayed ACK, ~5–40 ms per turn at low load.
     let grpc = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .max_concurrent_streams(Some(u32::MAX))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health)
         .add_service(reflection)
         .add_service(VoiceGatewayServer::new(gateway))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_l), async move {
+        .serve_with_incoming_shutdown(grpc_incoming(grpc_l), async move {
             let _ = drain_wait.wait_for(|d| *d).await;
         });
     let admin = axum::serve(
-        admin_l,
+        admin_l.tap_io(|s| {
+            let _ = s.set_nodelay(true);
+        }),
         admin_router(Admin {
             shared: shared.clone(),
             readiness,
@@ -306,5 +316,21 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_stream::StreamExt;
+
+    #[tokio::test]
+    async fn accepted_grpc_sockets_have_nodelay() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut incoming = grpc_incoming(l);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 }

@@ -19,8 +19,9 @@ pub mod riva;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use voice_proto::riva::asr::riva_speech_recognition_server::RivaSpeechRecognitionServer;
 use voice_proto::riva::tts::riva_speech_synthesis_server::RivaSpeechSynthesisServer;
 
@@ -50,6 +51,15 @@ pub struct Bound {
     pub llm: SocketAddr,
 }
 
+/// An axum listener whose accepted sockets have TCP_NODELAY.
+pub fn nodelay(
+    l: TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    l.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    })
+}
+
 /// Binds both listeners and serves until the process ends. Returns once bound, with the serving
 /// futures spawned on the current runtime.
 pub async fn start(
@@ -73,14 +83,15 @@ pub async fn start(
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
     }
+    // `Server::tcp_nodelay` is ignored by `serve_with_incoming`: set it on accepted sockets
+    // (both servers), or Nagle delays the small frames (TTS chunks, SSE tokens) until an ACK.
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(100_000))
-        .tcp_nodelay(true)
         .add_service(health)
         .add_service(RivaSpeechRecognitionServer::new(riva::Asr(state.clone())))
         .add_service(RivaSpeechSynthesisServer::new(riva::Tts(state.clone())))
-        .serve_with_incoming(TcpListenerStream::new(riva_l));
-    let http = axum::serve(llm_l, llm::router(state));
+        .serve_with_incoming(TcpIncoming::from(riva_l).with_nodelay(Some(true)));
+    let http = axum::serve(nodelay(llm_l), llm::router(state));
     let handle = tokio::spawn(async move {
         tokio::select! {
             r = grpc => r.map_err(anyhow::Error::from),
@@ -88,4 +99,20 @@ pub async fn start(
         }
     });
     Ok((bound, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::serve::Listener;
+
+    #[tokio::test]
+    async fn accepted_llm_sockets_have_nodelay() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut l = nodelay(l);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = l.accept().await;
+        assert!(accepted.nodelay().unwrap());
+    }
 }
