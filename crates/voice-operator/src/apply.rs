@@ -82,6 +82,8 @@ impl ApplyError {
             Some(400 | 422) => "Invalid",
             Some(404) => "NotFound",
             Some(409) => "Conflict",
+            Some(429) => "TooManyRequests",
+            Some(500..=599) => "ServerError",
             Some(_) => "ApiError",
             None if matches!(self, Self::Serialize(..)) => "InternalError",
             None => "ApiUnreachable",

@@ -122,7 +122,14 @@ pub struct Context {
     /// The status last written per pipeline (uid), and when: the watch cache can lag behind
     /// our own write, and a pass on the stale copy must not write the same status again.
     written: std::sync::Mutex<HashMap<String, (VoicePipelineStatus, Instant)>>,
+    /// The last Event per pipeline (uid → reason, when): a failure retried with backoff is
+    /// reported again only when its reason changes or [`EVENT_REPEAT`] has passed, so an error
+    /// storm does not become an Event storm on an API server that is already struggling.
+    events: std::sync::Mutex<HashMap<String, (String, Instant)>>,
 }
+
+/// How often the same failure of one pipeline is published again as an Event.
+const EVENT_REPEAT: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -673,6 +680,17 @@ async fn finalize(
 }
 
 async fn publish(ctx: &Context, vp: &VoicePipeline, type_: EventType, reason: &str, note: &str) {
+    if let Some(uid) = vp.uid() {
+        let mut ev = ctx.events.lock().expect("not poisoned");
+        if let Some((last, at)) = ev.get(&uid)
+            && last == reason
+            && at.elapsed() < EVENT_REPEAT
+        {
+            return;
+        }
+        ev.retain(|_, (_, at)| at.elapsed() < EVENT_REPEAT);
+        ev.insert(uid, (reason.to_string(), Instant::now()));
+    }
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -932,6 +950,7 @@ pub async fn run_on(
             monitoring: kinds.clone(),
             failures: Default::default(),
             written: Default::default(),
+            events: Default::default(),
         });
         let api: Api<DeserializeGuard<VoicePipeline>> = match ns {
             Some(ns) => Api::namespaced(client.clone(), ns),

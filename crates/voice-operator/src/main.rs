@@ -89,7 +89,9 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,kube=warn".into());
-            let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+            let fmt = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
             if args.log_json {
                 fmt.json().init()
             } else {
