@@ -2,6 +2,9 @@
 # Gateway benchmarks against voice-sim (see the "Voice gateway" section of BENCHMARKS.md).
 # Usage: crates/voice-gateway/bench.sh [quick]
 # Binaries: VOICE_GATEWAY_BIN, VOICE_SIM_BIN, VOICE_BENCH_BIN, or built here with --release.
+# BASELINE_GATEWAY_BIN: another gateway build (e.g. an older commit) run against the same sim;
+#   each overhead row is then measured for it right before the same row for this build.
+# PIN=1: gateway(s) on CPU 0, sim and bench client on CPU 1 (taskset); other load is not excluded.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -17,6 +20,7 @@ work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
+if [ "${PIN:-}" = 1 ]; then gw_cpu=(taskset -c 0); other_cpu=(taskset -c 1); else gw_cpu=(); other_cpu=(); fi
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # One short sentence per reply: the overhead runs measure the path to the first audio.
@@ -24,31 +28,48 @@ echo '{"*": "Sure, here is a short answer for you."}' > "$work/short.json"
 
 start() { # start PROFILE [sim args…]: sets RIVA LLM GRPC ADMIN GW_PID
   local profile="$1"; shift
-  "$VOICE_SIM_BIN" --riva-addr 127.0.0.1:0 --llm-addr 127.0.0.1:0 --profile "$profile" "$@" \
+  "${other_cpu[@]}" "$VOICE_SIM_BIN" --riva-addr 127.0.0.1:0 --llm-addr 127.0.0.1:0 --profile "$profile" "$@" \
     > "$work/sim.out" 2>/dev/null &
   pids+=($!); SIM_PID=$!
   for _ in $(seq 100); do [ -s "$work/sim.out" ] && break; sleep 0.05; done
   RIVA="$(sed -n 's/.*riva=\([^ ]*\).*/\1/p' "$work/sim.out")"
   LLM="$(sed -n 's/.*llm=\([^ ]*\).*/\1/p' "$work/sim.out")"
   GRPC="$(free_port)"; ADMIN="$(free_port)"
-  RIVA_URI="$RIVA" LLM_SERVICE_URL="http://$LLM/v1" GRPC_PORT="$GRPC" METRICS_PORT="$ADMIN" \
-    BIND_ADDRESS=127.0.0.1 LOG_LEVEL=error MAX_CONCURRENT_STREAMS=5000 "$VOICE_GATEWAY_BIN" &
-  pids+=($!); GW_PID=$!
-  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$ADMIN/readyz" >/dev/null && break; sleep 0.05; done
+  start_gw "$VOICE_GATEWAY_BIN" "$GRPC" "$ADMIN"; GW_PID=$STARTED
+  BASE_PID=""
+  if [ -n "${BASELINE_GATEWAY_BIN:-}" ]; then
+    GRPC_B="$(free_port)"; ADMIN_B="$(free_port)"
+    start_gw "$BASELINE_GATEWAY_BIN" "$GRPC_B" "$ADMIN_B"; BASE_PID=$STARTED
+  fi
 }
-stop() { kill "$GW_PID" "$SIM_PID" 2>/dev/null || true; wait "$GW_PID" "$SIM_PID" 2>/dev/null || true; }
+start_gw() { # start_gw BIN GRPC_PORT ADMIN_PORT: sets STARTED
+  RIVA_URI="$RIVA" LLM_SERVICE_URL="http://$LLM/v1" GRPC_PORT="$2" METRICS_PORT="$3" \
+    BIND_ADDRESS=127.0.0.1 LOG_LEVEL=error MAX_CONCURRENT_STREAMS=5000 "${gw_cpu[@]}" "$1" &
+  pids+=($!); STARTED=$!
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && break; sleep 0.05; done
+}
+stop() {
+  kill "$GW_PID" $BASE_PID "$SIM_PID" 2>/dev/null || true
+  wait "$GW_PID" $BASE_PID "$SIM_PID" 2>/dev/null || true
+}
+bench() { "${other_cpu[@]}" "$VOICE_BENCH_BIN" "$@"; }
 
 if [ "$quick" = quick ]; then levels="1:20 100:3"; else levels="1:200 100:10 1000:3"; fi
 echo "## Gateway overhead on time to first audio (ms)"
-echo "| profile | streams | turns | gateway p50 | gateway p99 | direct p50 | direct p99 | p50 diff | p99 diff | paired p50 | paired p99 | failed streams |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| profile | build | streams | turns | gateway p50 | gateway p99 | direct p50 | direct p99 | p50 diff | p99 diff | paired p50 | paired p99 | in-gateway p50 | in-gateway p99 | failed streams |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for profile in zero seed; do
   start "$profile" --script "$work/short.json"
   for lv in $levels; do
     n="${lv%%:*}"; turns="${lv##*:}"
-    row="$("$VOICE_BENCH_BIN" overhead --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" \
+    if [ -n "$BASE_PID" ]; then
+      row="$(bench overhead --target "127.0.0.1:$GRPC_B" --riva "$RIVA" --llm "$LLM" \
+        --streams "$n" --turns "$turns")"
+      echo "| $profile | baseline $row"
+    fi
+    row="$(bench overhead --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" \
       --streams "$n" --turns "$turns")"
-    echo "| $profile ${row#|}" | sed 's/^| \([a-z]*\) | /| \1 | /'
+    echo "| $profile | HEAD $row"
   done
   stop
 done
@@ -57,12 +78,12 @@ echo "## Pipelining: turn completion (ms) vs ideal bound and sequential sum (see
 echo "| turns | gateway p50 | bound p50 | sequential p50 | gateway/bound p50 | gateway/bound p99 | gateway/sequential p50 |"
 echo "|---|---|---|---|---|---|---|"
 start seed
-"$VOICE_BENCH_BIN" pipeline --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" --turns "$([ "$quick" = quick ] && echo 3 || echo 10)"
+bench pipeline --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" --turns "$([ "$quick" = quick ] && echo 3 || echo 10)"
 echo
 echo "## Memory per idle stream (gateway RSS, KiB)"
 echo "| streams | RSS before | RSS after | KiB per stream |"
 echo "|---|---|---|---|"
-"$VOICE_BENCH_BIN" idle-memory --target "127.0.0.1:$GRPC" --pid "$GW_PID" --streams "$([ "$quick" = quick ] && echo 100 || echo 1000)"
+bench idle-memory --target "127.0.0.1:$GRPC" --pid "$GW_PID" --streams "$([ "$quick" = quick ] && echo 100 || echo 1000)"
 stop
 echo
 echo "## Cost of one histogram observation"

@@ -741,9 +741,23 @@ impl Session {
 #[derive(Debug, Default)]
 struct TtsStats {
     first_audio: Option<Instant>,
+    /// First sentence's TTS request -> its first audio chunk.
+    first_wait: Option<std::time::Duration>,
     last_audio: Option<Instant>,
     sentences: u32,
     bytes: u64,
+}
+
+/// The gateway's own share of the time to first audio: all of it minus the two backend waits.
+fn own_ms(
+    t0: Instant,
+    first_audio: Option<Instant>,
+    llm_wait: Option<std::time::Duration>,
+    tts_wait: Option<std::time::Duration>,
+) -> Option<f64> {
+    let total = first_audio? - t0;
+    let own = total.saturating_sub(llm_wait? + tts_wait?);
+    Some(own.as_secs_f64() * 1e3)
 }
 
 fn ms(a: Instant, b: Option<Instant>) -> f64 {
@@ -774,6 +788,7 @@ async fn run_turn(
         let mut splitter = SentenceSplitter::new(cfg.sentence_min_chars, cfg.sentence_max_chars);
         let mut sentences = Vec::new();
         let mut first = None;
+        let mut first_sentence = None;
         let mut pieces = 0u64;
         let mut usage = None;
         loop {
@@ -790,6 +805,9 @@ async fn run_turn(
                     let tail = think.finish();
                     splitter.push(&tail, &mut sentences);
                     splitter.finish(&mut sentences);
+                    if !sentences.is_empty() {
+                        first_sentence.get_or_insert_with(Instant::now);
+                    }
                     for s in sentences.drain(..) {
                         let _ = stx.send((s, Instant::now())).await;
                     }
@@ -810,6 +828,9 @@ async fn run_turn(
                 h.llm_ttft.observe(start.elapsed().as_secs_f64());
             }
             splitter.push(&visible, &mut sentences);
+            if !sentences.is_empty() {
+                first_sentence.get_or_insert_with(Instant::now);
+            }
             for s in sentences.drain(..) {
                 // Bounded: if TTS is far behind, reading the LLM waits.
                 let _ = stx.send((s, Instant::now())).await;
@@ -824,7 +845,8 @@ async fn run_turn(
         h.llm_total.observe((end - start).as_secs_f64());
         let tokens = usage.unwrap_or(pieces);
         h.llm_tokens.observe(tokens as f64);
-        Ok::<_, TurnError>((first, end, tokens))
+        let llm_wait = first_sentence.map(|t| t - start);
+        Ok::<_, TurnError>((first, end, tokens, llm_wait))
     };
 
     let tts_side = async {
@@ -861,6 +883,7 @@ async fn run_turn(
                 }
                 if st.first_audio.is_none() {
                     st.first_audio = Some(now);
+                    st.first_wait = Some(now - req_at);
                     h.e2e.observe((now - t0).as_secs_f64());
                     tx.send(event(EventType::Speaking, "")).await?;
                 }
@@ -877,7 +900,7 @@ async fn run_turn(
         Ok::<_, TurnError>(st)
     };
 
-    let ((first_token, llm_end, tokens), st) = tokio::try_join!(llm_side, tts_side)?;
+    let ((first_token, llm_end, tokens, llm_wait), st) = tokio::try_join!(llm_side, tts_side)?;
     if ctx.timings {
         tx.send(Content::Timings(TurnTimings {
             asr_ms,
@@ -888,9 +911,31 @@ async fn run_turn(
             llm_tokens: tokens as u32,
             sentences: st.sentences,
             audio_bytes: st.bytes,
+            gateway_ms: own_ms(t0, st.first_audio, llm_wait, st.first_wait),
         }))
         .await?;
     }
     let text = reply.lock().map(|s| s.clone()).unwrap_or_default();
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn own_share_is_first_audio_minus_backend_waits() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let own = own_ms(t0, Some(t0 + ms(30)), Some(ms(20)), Some(ms(7))).unwrap();
+        assert!((own - 3.0).abs() < 1e-9, "{own}");
+        // Waits measured across a clock tick can exceed the total: never negative.
+        assert_eq!(
+            own_ms(t0, Some(t0 + ms(5)), Some(ms(4)), Some(ms(2))),
+            Some(0.0)
+        );
+        assert_eq!(own_ms(t0, None, Some(ms(1)), Some(ms(1))), None);
+        assert_eq!(own_ms(t0, Some(t0 + ms(5)), None, Some(ms(1))), None);
+    }
 }

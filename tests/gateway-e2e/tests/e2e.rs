@@ -150,6 +150,8 @@ async fn text_turns_with_timings_and_bounded_history() -> anyhow::Result<()> {
             t.first_audio_ms > 0.0 && t.first_audio_ms <= t.turn_total_ms,
             "{t:?}"
         );
+        let own = t.gateway_ms.expect("gateway_ms with audio");
+        assert!(own >= 0.0 && own <= t.first_audio_ms, "{t:?}");
         assert_eq!(t.sentences, 1);
         assert_eq!(t.audio_bytes as usize, audio(&got).len());
         counts.push(llm_text(&got));

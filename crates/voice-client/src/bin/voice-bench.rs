@@ -99,6 +99,15 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
+/// A percentile, or `n/a` when the gateway reported none.
+fn opt(v: &mut [f64], p: f64) -> String {
+    if v.is_empty() {
+        "n/a".into()
+    } else {
+        format!("{:.3}", pct(v, p))
+    }
+}
+
 fn uri(a: &str) -> String {
     if a.contains("://") {
         a.to_string()
@@ -229,7 +238,7 @@ impl GwStream {
             language_code: "en-US".into(),
             session_id: String::new(),
             sample_rate: 16_000,
-            enable_timings: false,
+            enable_timings: true,
             tts_voice: String::new(),
         })))
         .await?;
@@ -238,11 +247,13 @@ impl GwStream {
         Ok(Self { tx, rx })
     }
 
-    /// (time to first audio, time to LISTENING).
-    async fn turn(&mut self, text: &str) -> anyhow::Result<(Duration, Duration)> {
+    /// (time to first audio, time to LISTENING, the gateway's own share of first audio as it
+    /// reports it in `TurnTimings.gateway_ms`).
+    async fn turn(&mut self, text: &str) -> anyhow::Result<(Duration, Duration, Option<f64>)> {
         let t = Instant::now();
         self.tx.send(msg(C::TextInput(text.into()))).await?;
         let mut first = None;
+        let mut own = None;
         let mut last_audio = t.elapsed();
         while let Some(m) = self.rx.message().await? {
             match m.content {
@@ -251,10 +262,12 @@ impl GwStream {
                     first.get_or_insert(e);
                     last_audio = e;
                 }
+                Some(S::Timings(tm)) => own = tm.gateway_ms,
                 Some(S::Event(e)) if e.r#type == EventType::Listening as i32 => {
                     return Ok((
                         first.ok_or_else(|| anyhow::anyhow!("no audio"))?,
                         last_audio,
+                        own,
                     ));
                 }
                 Some(S::Event(e)) if e.r#type == EventType::Error as i32 => {
@@ -294,18 +307,20 @@ async fn overhead(t: Targets, streams: usize, turns: usize) -> anyhow::Result<()
             let s = s.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut out = Vec::new();
             for _ in 0..turns {
-                let (g, _) = s.turn(&text).await?;
+                let (g, _, own) = s.turn(&text).await?;
                 let d = direct.first_audio(&text).await?;
-                out.push((g, d));
+                out.push((g, d, own));
             }
             anyhow::Ok(out)
         }));
     }
     let (mut g, mut d, mut diff, mut errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    let mut own = Vec::new();
     for t in tasks {
         match t.await? {
             Ok(v) => {
-                for (a, b) in v {
+                for (a, b, o) in v {
+                    own.extend(o);
                     g.push(a.as_secs_f64() * 1e3);
                     d.push(b.as_secs_f64() * 1e3);
                     diff.push((a.as_secs_f64() - b.as_secs_f64()) * 1e3);
@@ -324,12 +339,14 @@ async fn overhead(t: Targets, streams: usize, turns: usize) -> anyhow::Result<()
         pct(&mut d, 0.99),
     );
     println!(
-        "| {streams} | {} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {errors} |",
+        "| {streams} | {} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {errors} |",
         g.len(),
         g50 - d50,
         g99 - d99,
         pct(&mut diff, 0.5),
         pct(&mut diff, 0.99),
+        opt(&mut own, 0.5),
+        opt(&mut own, 0.99),
     );
     Ok(())
 }
@@ -342,7 +359,7 @@ async fn pipeline(t: Targets, turns: usize) -> anyhow::Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut seq = Vec::new();
     for _ in 0..turns {
-        let (_, total) = s.turn(&t.text).await?;
+        let (_, total, _) = s.turn(&t.text).await?;
         let (b, sq) = direct.bounds(&t.text).await?;
         vs_bound.push(total.as_secs_f64() / b.as_secs_f64());
         vs_seq.push(total.as_secs_f64() / sq.as_secs_f64());
