@@ -65,13 +65,18 @@ test: deps plane lint crds-check ## everything CI runs: lint, drift checks, unit
 test-unit: ## fast unit tests beside the code
 	$(CARGO) test --workspace --locked --lib --bins
 
+# The end-to-end tests run the binaries as processes: built once here, found by these names.
+BINS := $(CARGO_TARGET_DIR)/debug
+TEST_BINS := VOICE_BINS_DIR=$(BINS) VOICE_GATEWAY_BIN=$(BINS)/voice-gateway \
+	VOICE_SIM_BIN=$(BINS)/voice-sim VOICE_CLIENT_BIN=$(BINS)/voice-client
+
 test-integration: ## API-server and end-to-end tests under tests/ (starts the plane if needed)
-	$(CARGO) test --workspace --locked --test '*'
+	$(CARGO) build --workspace --locked --bins
+	$(TEST_BINS) $(CARGO) test --workspace --locked --no-fail-fast --test '*'
 
 test-python: ## NVIDIA's riva client and the openai SDK against the simulator and gateway (venv in CACHE)
-	$(CARGO) build --locked -p voice-gateway -p voice-sim -p voice-client --bins
-	VOICE_SIM_BIN=$(CARGO_TARGET_DIR)/debug/voice-sim VOICE_GATEWAY_BIN=$(CARGO_TARGET_DIR)/debug/voice-gateway \
-	  VOICE_CLIENT_BIN=$(CARGO_TARGET_DIR)/debug/voice-client tests/python/run.sh
+	$(CARGO) build --workspace --locked --bins
+	$(TEST_BINS) tests/python/run.sh
 
 bench: ## benchmarks: control plane, gateway, operator (results and commands: BENCHMARKS.md)
 	tests/plane/bench.sh 5
