@@ -3,7 +3,8 @@
 //! the simulator and the operator as processes on 127.0.0.1 (killed on drop).
 //!
 //! Binaries come from the cargo target directory of this test; they are built once per test
-//! binary run with `cargo build -p voice-operator -p voice-gateway -p voice-sim -p voice-client`.
+//! binary run with `cargo build -p voice-operator -p voice-gateway -p voice-sim -p voice-client`,
+//! unless `VOICE_BINS_DIR` names a directory of prebuilt ones.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,16 @@ pub struct Bins {
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
+        let at = |dir: &Path| Bins {
+            operator: dir.join("voice-operator"),
+            gateway: dir.join("voice-gateway"),
+            sim: dir.join("voice-sim"),
+            client: dir.join("voice-client"),
+        };
+        // Prebuilt binaries (CI): no cargo build.
+        if let Some(dir) = std::env::var_os("VOICE_BINS_DIR") {
+            return at(Path::new(&dir));
+        }
         // <target>/<profile>/deps/<this test> → <target>/<profile>/
         let exe = std::env::current_exe().expect("current_exe");
         let dir = exe
@@ -65,12 +76,7 @@ pub fn bins() -> &'static Bins {
         }
         let st = cmd.status().expect("run cargo build");
         assert!(st.success(), "cargo build of the binaries failed");
-        Bins {
-            operator: dir.join("voice-operator"),
-            gateway: dir.join("voice-gateway"),
-            sim: dir.join("voice-sim"),
-            client: dir.join("voice-client"),
-        }
+        at(&dir)
     })
 }
 
