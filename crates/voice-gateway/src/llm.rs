@@ -283,7 +283,9 @@ impl LlmStream {
                 Ok(Some(Err(e))) => return Err(err("stream", format!("LLM stream broke: {e}"))),
                 Ok(Some(Ok(f))) => {
                     if let Ok(data) = f.into_data() {
-                        self.sse.push(&data, &mut self.events);
+                        self.sse
+                            .push(&data, &mut self.events)
+                            .map_err(|(k, m)| err(k, m))?;
                     }
                 }
             }

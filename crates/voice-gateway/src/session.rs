@@ -727,7 +727,13 @@ impl Session {
         r.handle.abort();
         // Everything this turn queued for the client is dropped from here on.
         self.floor.store(r.id + 1, Ordering::Release);
-        self.ctx.shared.metrics.barge_ins.inc();
+        // A barged-in turn counts as a success: no backend failed, the gateway stopped as asked.
+        // (requests_total has only success/error; the seed's dashboards divide error by total.)
+        let m = &self.ctx.shared.metrics;
+        m.barge_ins.inc();
+        m.requests
+            .get_or_create(&crate::metrics::Status { status: "success" })
+            .inc();
         let partial = r.reply.lock().map(|s| s.clone()).unwrap_or_default();
         info!(turn = r.id, spoken_chars = partial.len(), "barge-in");
         self.remember(r.user, partial);

@@ -10,18 +10,54 @@
 
 use serde::Deserialize;
 
+/// Largest SSE event (its line in progress plus the data gathered so far) the decoder buffers.
+/// A chat completion chunk is well under 1 KiB; a server that never ends its line or event
+/// would otherwise grow the buffer without bound.
+pub const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// `error_type` of an SSE event over the size limit.
+pub const EVENT_TOO_LARGE: &str = "event_too_large";
+
 /// Incremental SSE decoder: bytes in, complete `data` payloads out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SseDecoder {
     line: Vec<u8>,
     data: String,
     has_data: bool,
+    max: usize,
+}
+
+impl Default for SseDecoder {
+    fn default() -> Self {
+        Self::with_limit(MAX_EVENT_BYTES)
+    }
 }
 
 impl SseDecoder {
-    /// Feeds bytes; appends each completed event's data to `out`.
-    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<String>) {
+    /// A decoder that refuses events over `max` bytes.
+    pub fn with_limit(max: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: String::new(),
+            has_data: false,
+            max,
+        }
+    }
+
+    /// Feeds bytes; appends each completed event's data to `out`. `Err((EVENT_TOO_LARGE, …))`
+    /// once an event in progress exceeds the limit (the decoder is then spent).
+    pub fn push(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<String>,
+    ) -> Result<(), (&'static str, String)> {
         for &b in bytes {
+            if self.line.len() + self.data.len() >= self.max {
+                return Err((
+                    EVENT_TOO_LARGE,
+                    format!("LLM stream event larger than {} bytes", self.max),
+                ));
+            }
             if b == b'\n' {
                 let mut line = std::mem::take(&mut self.line);
                 if line.last() == Some(&b'\r') {
@@ -34,6 +70,7 @@ impl SseDecoder {
                 self.line.push(b);
             }
         }
+        Ok(())
     }
 
     /// End of stream: the event in progress, if any (servers that close without a blank line).
@@ -258,7 +295,7 @@ mod tests {
         let mut d = SseDecoder::default();
         let mut out = Vec::new();
         for p in parts {
-            d.push(p, &mut out);
+            d.push(p, &mut out).unwrap();
         }
         d.finish(&mut out);
         out
@@ -422,5 +459,30 @@ mod tests {
             decode_all(&[b"event: x\nid: 1\nretry: 5\ndata: y\n\n"]),
             vec!["y".to_string()]
         );
+    }
+
+    #[test]
+    fn event_over_the_limit_is_an_error() {
+        // Just under the limit passes (line + data gathered so far).
+        let mut d = SseDecoder::with_limit(64);
+        let mut out = Vec::new();
+        let ok = format!("data: {}\n\n", "a".repeat(50));
+        d.push(ok.as_bytes(), &mut out).unwrap();
+        assert_eq!(out, ["a".repeat(50)]);
+        // A line that never ends.
+        let mut d = SseDecoder::with_limit(64);
+        let e = d.push("b".repeat(100).as_bytes(), &mut out).unwrap_err();
+        assert_eq!(e.0, EVENT_TOO_LARGE);
+        assert!(e.1.contains("64 bytes"), "{e:?}");
+        // Many short data lines that never make an event, fed in pieces.
+        let mut d = SseDecoder::with_limit(64);
+        let line = b"data: xxxxxxxx\n";
+        let r = (0..20).try_for_each(|_| d.push(line, &mut out));
+        assert_eq!(r.unwrap_err().0, EVENT_TOO_LARGE);
+        // The default limit is 1 MiB.
+        let mut d = SseDecoder::default();
+        let big = vec![b'c'; MAX_EVENT_BYTES - 1];
+        d.push(&big, &mut out).unwrap();
+        assert_eq!(d.push(b"cc", &mut out).unwrap_err().0, EVENT_TOO_LARGE);
     }
 }

@@ -2,8 +2,9 @@
 //! 127.0.0.1 with free ports (killed on drop), talks to the gateway over gRPC and scrapes its
 //! admin port over plain HTTP/1.0.
 //!
-//! Binaries come from `VOICE_GATEWAY_BIN` / `VOICE_SIM_BIN`, or are built with cargo into the
-//! target directory of this test (one `cargo build` per test binary run).
+//! Binaries come from `VOICE_GATEWAY_BIN` / `VOICE_SIM_BIN` / `VOICE_CLIENT_BIN` (default: next to
+//! the sim), or are built with cargo into the target directory of this test (one `cargo build`
+//! per test binary run).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
@@ -20,12 +21,14 @@ use voice_proto::voice::{
     server_message::Content,
 };
 
-fn build_once() -> &'static (PathBuf, PathBuf) {
-    static BINS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+fn build_once() -> &'static (PathBuf, PathBuf, PathBuf) {
+    static BINS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
     BINS.get_or_init(|| {
         let from_env = |v: &str| std::env::var_os(v).map(PathBuf::from);
         if let (Some(g), Some(s)) = (from_env("VOICE_GATEWAY_BIN"), from_env("VOICE_SIM_BIN")) {
-            return (g, s);
+            let c =
+                from_env("VOICE_CLIENT_BIN").unwrap_or_else(|| s.with_file_name("voice-client"));
+            return (g, s, c);
         }
         // <target>/<profile>/deps/<this test> → <target>/<profile>/
         let exe = std::env::current_exe().expect("current_exe");
@@ -37,7 +40,22 @@ fn build_once() -> &'static (PathBuf, PathBuf) {
         let profile_release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "voice-gateway", "-p", "voice-sim"]);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "voice-gateway",
+            "-p",
+            "voice-sim",
+            "-p",
+            "voice-client",
+            "--bin",
+            "voice-gateway",
+            "--bin",
+            "voice-sim",
+            "--bin",
+            "voice-client",
+        ]);
         if profile_release {
             cmd.arg("--release");
         }
@@ -47,10 +65,24 @@ fn build_once() -> &'static (PathBuf, PathBuf) {
         let st = cmd.status().expect("run cargo build");
         assert!(
             st.success(),
-            "cargo build of voice-gateway and voice-sim failed"
+            "cargo build of voice-gateway, voice-sim and voice-client failed"
         );
-        (dir.join("voice-gateway"), dir.join("voice-sim"))
+        (
+            dir.join("voice-gateway"),
+            dir.join("voice-sim"),
+            dir.join("voice-client"),
+        )
     })
+}
+
+/// The `voice-sim` binary (for its `speak` subcommand).
+pub fn sim_bin() -> &'static PathBuf {
+    &build_once().1
+}
+
+/// The `voice-client` binary.
+pub fn client_bin() -> &'static PathBuf {
+    &build_once().2
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -86,7 +118,7 @@ pub struct Sim {
 impl Sim {
     /// Starts `voice-sim` with extra arguments (profile, faults …).
     pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let (_, sim) = build_once();
+        let (_, sim, _) = build_once();
         let mut child = Command::new(sim)
             .args(["--riva-addr", "127.0.0.1:0", "--llm-addr", "127.0.0.1:0"])
             .args(args)
@@ -127,7 +159,7 @@ impl Gateway {
     /// Starts `voice-gateway` against `riva` and `llm` (host:port) with extra env vars, and waits
     /// until `/livez` answers (not `/readyz`: some tests start it against dead backends).
     pub fn start(riva: &str, llm: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let (gw, _) = build_once();
+        let (gw, _, _) = build_once();
         let grpc_port = free_port();
         let admin_port = free_port();
         let child = Command::new(gw)

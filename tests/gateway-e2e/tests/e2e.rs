@@ -244,7 +244,17 @@ async fn barge_in_stops_the_reply_and_listens() -> anyhow::Result<()> {
     // History kept the interrupted exchange: system + user + partial assistant + new user.
     assert_eq!(llm_text(&next), "This conversation has 4 messages.");
     assert_eq!(hear(&audio(&next)), ["This conversation has 4 messages."]);
-    assert_eq!(gw.metrics()?.value("voice_gateway_barge_ins_total"), 1.0);
+    let m = gw.metrics()?;
+    assert_eq!(m.value("voice_gateway_barge_ins_total"), 1.0);
+    // The interrupted turn and the next one are both successes; nothing is an error.
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"success\"}"),
+        2.0
+    );
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"error\"}"),
+        0.0
+    );
     Ok(())
 }
 
@@ -491,5 +501,75 @@ async fn sigterm_drains_active_turns_then_exits() -> anyhow::Result<()> {
     })
     .await?;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_client_speaks_a_wav_and_saves_the_reply() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("gateway-e2e-client-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let script = dir.join("script.json");
+    std::fs::write(
+        &script,
+        r#"{"*": "Sure, here is a short answer. It has two sentences."}"#,
+    )?;
+    let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
+    let gw = Gateway::with_sim(&sim, &[])?;
+    let (input, reply_wav) = (dir.join("in.wav"), dir.join("reply.wav"));
+    let target = format!("127.0.0.1:{}", gw.grpc_port);
+    let (inp, out) = (input.clone(), reply_wav.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        let st = std::process::Command::new(sim_bin())
+            .args(["speak", "--text", "what is the weather", "--out"])
+            .arg(&inp)
+            .status()?;
+        anyhow::ensure!(st.success(), "voice-sim speak: {st}");
+        Ok(std::process::Command::new(client_bin())
+            .args(["--target", &target, "--wav"])
+            .arg(&inp)
+            .arg("--out")
+            .arg(&out)
+            .output()?)
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{stdout}"))
+            .to_string()
+    };
+    assert_eq!(line("transcript:"), "what is the weather");
+    assert_eq!(
+        line("reply:"),
+        "Sure, here is a short answer. It has two sentences."
+    );
+    assert!(line("latency:").contains("first audio (e2e)"), "{stdout}");
+    let saved = line("saved:");
+    let wav = std::fs::read(&reply_wav)?;
+    let info = voice_sim::codec::parse_wav(&wav).expect("a WAV file");
+    assert_eq!(
+        (info.format, info.channels, info.bits, info.sample_rate),
+        (1, 1, 16, 16_000)
+    );
+    let pcm = &wav[info.data_offset..];
+    assert_eq!(pcm.len(), info.data_len as usize);
+    assert!(
+        saved.ends_with(&format!("({} bytes of audio)", pcm.len())),
+        "{saved}"
+    );
+    // The saved audio says the reply, sentence by sentence.
+    assert_eq!(
+        hear(pcm),
+        ["Sure, here is a short answer.", "It has two sentences."]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
