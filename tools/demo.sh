@@ -64,7 +64,9 @@ quiet crds-wait kubectl wait --for=condition=Established --timeout=60s crd/voice
 
 step "starting the operator"
 admin_port=$(free_port)
-spawn operator env RUST_LOG=info "$bin/voice-operator" run --admin-addr "127.0.0.1:$admin_port"
+# Watching only the demo namespace: tests sharing this plane run operators of their own.
+spawn operator env RUST_LOG=info "$bin/voice-operator" run --admin-addr "127.0.0.1:$admin_port" \
+  --namespace "$namespace"
 wait_http "http://127.0.0.1:$admin_port/readyz" operator
 echo "operator running; admin port http://127.0.0.1:$admin_port (/metrics, /livez, /readyz)"
 
