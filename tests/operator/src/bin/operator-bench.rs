@@ -297,6 +297,20 @@ async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
     }
     lat.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    eprintln!(">> latency: p50 {p50:.1} ms, p99 {p99:.1} ms");
+
+    // The local plane's Service range is small (10.0.0.0/24): give the latency run's
+    // ClusterIPs back before the scale run.
+    api.delete_collection(&Default::default(), &Default::default())
+        .await?;
+    let services: Api<Service> = Api::namespaced(client.clone(), "bench-lat");
+    let freed = Instant::now();
+    while !services.list(&Default::default()).await?.items.is_empty() {
+        if freed.elapsed() > Duration::from_secs(120) {
+            bail!("the latency run's Services were not garbage-collected within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // === 2. scale: N pipelines until all Ready ===
     eprintln!(">> scale: {} pipelines", args.scale);
