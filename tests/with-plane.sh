@@ -7,7 +7,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 started=0
 if ! "$root/.cluster/bin/kubectl" --kubeconfig "$root/.cluster/kubeconfig" get --raw /readyz >/dev/null 2>&1; then
-  flock "$root/.cluster.lock" "$here/plane/up.sh" || exit 1
+  # -o: the plane's daemons must not inherit the lock, or it is held while they run.
+  flock -o "$root/.cluster.lock" "$here/plane/up.sh" || exit 1
   started=1
 fi
 # Tests use the kubectl built with the plane: the same version as the API server.

@@ -75,7 +75,7 @@ pki="$dir/pki"
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=voice-local-ca" \
     -keyout ca.key -out ca.crt 2>/dev/null
   cat > serving.ext <<EOF
-subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.0.0.1
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1
 extendedKeyUsage=serverAuth
 EOF
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" -keyout apiserver.key \
@@ -130,12 +130,13 @@ launch etcd --name=voice-local --data-dir="$dir/etcd" \
   --initial-cluster="voice-local=http://127.0.0.1:$etcd_peer_port" \
   --unsafe-no-fsync --quota-backend-bytes=4294967296 --log-level=warn
 
+# A /16 of Service addresses: the scale benchmark creates a Service per pipeline, thousands.
 launch kube-apiserver \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" \
   --secure-port="$api_port" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-  --endpoint-reconciler-type=none --service-cluster-ip-range=10.0.0.0/24 \
+  --endpoint-reconciler-type=none --service-cluster-ip-range=10.96.0.0/16 \
   --authorization-mode=Node,RBAC --allow-privileged=true \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \

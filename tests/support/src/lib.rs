@@ -302,7 +302,10 @@ fn start(dir: &Path, options: &PlaneOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lock = dir.with_extension("lock");
     let mut cmd = Command::new("flock");
-    cmd.arg(&lock)
+    // -o: the plane's daemons must not inherit the locked descriptor, or they would hold the
+    // lock for as long as they run and every later test binary would wait on it.
+    cmd.arg("-o")
+        .arg(&lock)
         .arg(repo_root().join("tests/plane/up.sh"))
         .arg("--dir")
         .arg(dir);
