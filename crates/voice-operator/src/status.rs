@@ -29,6 +29,8 @@ pub struct Rollout {
     pub desired: i32,
     /// Ready replicas.
     pub ready: i32,
+    /// All replicas, old template included (more than desired while a rollout surges).
+    pub total: i32,
     /// Replicas with the current template.
     pub updated: i32,
     /// Available replicas.
@@ -70,6 +72,7 @@ impl Rollout {
         Self {
             desired,
             ready: st.ready_replicas.unwrap_or(0),
+            total: st.replicas.unwrap_or(0),
             updated: st.updated_replicas.unwrap_or(0),
             available: st.available_replicas.unwrap_or(0),
             observed,
@@ -80,8 +83,10 @@ impl Rollout {
 
     /// Every desired pod runs the current template and is available.
     pub fn complete(&self) -> bool {
+        // No old pod left either: what `kubectl rollout status` waits for.
         self.observed
             && self.updated >= self.desired
+            && self.total <= self.updated
             && self.available >= self.desired
             && self.ready >= self.desired
     }
@@ -410,6 +415,7 @@ mod tests {
         Rollout {
             desired: n,
             ready: n,
+            total: n,
             updated: n,
             available: n,
             observed: true,
@@ -448,6 +454,17 @@ mod tests {
                 .iter()
                 .all(|c| c.observed_generation == Some(1))
         );
+    }
+
+    #[test]
+    fn old_pods_left_mean_still_rolling_out() {
+        let v = validate(&testdata::external()).unwrap();
+        let mut g = ok(1);
+        g.total = 2;
+        g.ready = 2;
+        let s = compute(&v, None, &obs(g, None), &t(1));
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Reconciling").status, "True");
     }
 
     #[test]

@@ -233,13 +233,21 @@ async fn bad_specs_are_rejected_at_apply_with_a_clear_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_explain_reads_as_the_manual() {
     let plane = plane();
-    let out = plane.kubectl_output(&["explain", "voicepipeline.spec", "--recursive"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The API server publishes a new CRD's OpenAPI a moment after it is Established.
+    let explain = |path: &str| {
+        let path = path.to_string();
+        async move {
+            for _ in 0..60 {
+                let out = plane.kubectl_output(&["explain", &path, "--recursive"]);
+                if out.status.success() {
+                    return String::from_utf8_lossy(&out.stdout).into_owned();
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            panic!("kubectl explain {path} kept failing");
+        }
+    };
+    let text = explain("voicepipeline.spec").await;
     for field in [
         "gateway",
         "llm",
@@ -251,10 +259,6 @@ async fn kubectl_explain_reads_as_the_manual() {
     ] {
         assert!(text.contains(field), "explain lacks {field}:\n{text}");
     }
-    let out = plane.kubectl_output(&[
-        "explain",
-        "voicepipeline.spec.riva.managed.startupTimeoutSeconds",
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = explain("voicepipeline.spec.riva.managed.startupTimeoutSeconds").await;
     assert!(text.contains("20–60 minutes on first start"), "{text}");
 }
