@@ -118,6 +118,8 @@ launch() {
   setsid "$bin/$name" "$@" >"$dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$dir/pids/$name.pid"
 }
+# kwok renews node leases, but on 2 busy cores a heartbeat can be late: a long node grace
+# period keeps the node lifecycle controller from marking every pod not ready under load.
 # High client QPS: thousands of pipelines make thousands of ReplicaSets and Pods, and the
 # default 20 requests/s would measure the plane's throttling instead of the operator.
 qps=(--kube-api-qps=500 --kube-api-burst=1000)
@@ -153,6 +155,7 @@ done
 launch kube-controller-manager --kubeconfig="$kubeconfig" --leader-elect=false --secure-port=0 \
   --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
   --use-service-account-credentials=false \
+  --node-monitor-grace-period=5m \
   --concurrent-deployment-syncs=20 --concurrent-replicaset-syncs=20 --concurrent-gc-syncs=40 \
   "${qps[@]}"
 
