@@ -883,6 +883,9 @@ pub async fn run_on(
             le.lease_duration,
         )
     });
+    // The task renewing the Lease: stopped before the Lease is released on shutdown, or its
+    // next renewal would take the freed Lease again and keep the standby waiting.
+    let mut hold_task = None;
     if let Some(e) = &elector {
         health.standby.store(true, Ordering::Relaxed);
         tracing::info!("waiting for the leader Lease");
@@ -899,10 +902,10 @@ pub async fn run_on(
         tracing::info!("leading");
         let e = e.clone();
         let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
+        hold_task = Some(tokio::spawn(async move {
             e.hold().await;
             let _ = stop_tx.send(true);
-        });
+        }));
     }
 
     let reporter = Reporter {
@@ -1037,6 +1040,9 @@ pub async fn run_on(
     health.stopped.store(true, Ordering::Relaxed);
     metrics.leader.set(0);
     let lost = !*stop_rx.borrow();
+    if let Some(task) = hold_task {
+        task.abort();
+    }
     if let Some(e) = &elector {
         e.release().await;
     }
