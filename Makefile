@@ -24,8 +24,8 @@ demo-down: ## stop everything make demo started
 deps: ## install the system packages the build and tests use (apt; idempotent)
 	@tools/deps.sh
 
-plane: ## build the control plane's binaries from upstream sources (cached, keyed by version)
-	@tests/plane/build.sh >/dev/null
+plane: ## build the control plane's binaries (and helm, for the chart tests) from upstream sources (cached)
+	@tests/plane/build.sh --with-helm >/dev/null
 
 cluster-up: plane ## start etcd, kube-apiserver, controller-manager, scheduler and kwok on loopback
 	@tests/plane/up.sh

@@ -48,7 +48,13 @@ fn succeed(cmd: Command, stdin: Option<&str>) -> String {
 }
 
 fn helm(plane: &Plane) -> Command {
-    Command::new(plane.dir.join("bin/helm"))
+    let helm = plane.dir.join("bin/helm");
+    assert!(
+        helm.exists(),
+        "{} is missing: `make plane` builds it (tests/plane/build.sh --with-helm)",
+        helm.display()
+    );
+    Command::new(helm)
 }
 
 /// `helm template` of the chart into NAMESPACE with extra `--set` values.
