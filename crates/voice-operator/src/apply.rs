@@ -5,11 +5,17 @@
 //! still a request, so the applier skips it when it can prove the child is unchanged since its
 //! own last apply: it remembers, per child, the hash of what it applied and a fingerprint of the
 //! object the API server returned (generation, or resourceVersion for kinds without one,
-//! plus labels, annotations and owners). When the watch cache shows the same fingerprint and
-//! the desired object hashes the same, nothing is sent. Any edit by someone else (`kubectl
-//! scale`, `kubectl edit`, a deleted child) changes the fingerprint and is undone by the next
-//! apply. Objects outside the watch caches (a dashboard in a namespace not watched) are
-//! re-applied at most every [`UNCACHED_RESYNC`].
+//! the values of the labels and annotations the operator applies, and owners). When the watch
+//! cache shows the same fingerprint and the desired object hashes the same, nothing is sent.
+//! Any edit by someone else (`kubectl scale`, `kubectl edit`, a deleted child, a changed or
+//! removed label or annotation of ours) changes the fingerprint and is undone by the next
+//! apply.
+//!
+//! Only the operator's own label and annotation keys count: a key someone else adds (the
+//! Deployment controller's `deployment.kubernetes.io/revision`, an admission webhook's) is not
+//! drift, since server-side apply would leave it in place anyway, and counting it cost one
+//! no-op apply per Deployment after its first rollout. Objects outside the watch caches (a
+//! dashboard in a namespace not watched) are re-applied at most every [`UNCACHED_RESYNC`].
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -120,13 +126,22 @@ fn hash_of(v: &impl Hash) -> u64 {
 }
 
 /// What identifies a version of an object for drift detection (status changes excluded where
-/// the kind has a generation).
-fn fingerprint<K: Resource>(k: &K) -> u64 {
+/// the kind has a generation): its generation (else resourceVersion), the values it has for
+/// the label and annotation keys of `desired` (absent counts), owners, and deletion.
+fn fingerprint<K: Resource>(k: &K, desired: &K) -> u64 {
     let m = k.meta();
     let version = match m.generation {
         Some(g) => g.to_string(),
         None => m.resource_version.clone().unwrap_or_default(),
     };
+    let ours = |have: &Option<std::collections::BTreeMap<String, String>>,
+                want: &Option<std::collections::BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .map(|(k, _)| have.as_ref().and_then(|h| h.get(k)).cloned())
+            .collect::<Vec<_>>()
+    };
+    let d = desired.meta();
     let owners: Vec<&str> = m
         .owner_references
         .iter()
@@ -135,8 +150,8 @@ fn fingerprint<K: Resource>(k: &K) -> u64 {
         .collect();
     hash_of(&(
         version,
-        &m.labels,
-        &m.annotations,
+        ours(&m.labels, &d.labels),
+        ours(&m.annotations, &d.annotations),
         owners,
         m.deletion_timestamp.is_some(),
     ))
@@ -184,7 +199,7 @@ impl Applier {
             && prev.desired == desired
         {
             match (&in_cache, cached) {
-                (Some(c), _) if fingerprint(c.as_ref()) == prev.fingerprint => {
+                (Some(c), _) if fingerprint(c.as_ref(), obj) == prev.fingerprint => {
                     self.metrics.skipped.inc();
                     return Ok(in_cache);
                 }
@@ -212,7 +227,7 @@ impl Applier {
             key,
             Seen {
                 desired,
-                fingerprint: fingerprint(&out),
+                fingerprint: fingerprint(&out, obj),
                 at: Instant::now(),
             },
         );
@@ -283,5 +298,57 @@ impl Applier {
             self.delete::<K>(namespace, &name).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    use super::fingerprint;
+
+    fn deployment(
+        generation: i64,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> Deployment {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let mut d = Deployment::default();
+        d.metadata.generation = Some(generation);
+        d.metadata.labels = map(labels);
+        d.metadata.annotations = map(annotations);
+        d
+    }
+
+    #[test]
+    fn fingerprint_ignores_keys_of_others_but_not_ours() {
+        let desired = deployment(0, &[("app", "gw")], &[("voice/config", "abc")]);
+        let applied = deployment(1, &[("app", "gw")], &[("voice/config", "abc")]);
+        let fp = fingerprint(&applied, &desired);
+        // The Deployment controller's revision annotation is not drift.
+        let revised = deployment(
+            1,
+            &[("app", "gw")],
+            &[
+                ("voice/config", "abc"),
+                ("deployment.kubernetes.io/revision", "1"),
+            ],
+        );
+        assert_eq!(fingerprint(&revised, &desired), fp);
+        // A spec edit (kubectl scale), a changed or removed key of ours are.
+        for drifted in [
+            deployment(2, &[("app", "gw")], &[("voice/config", "abc")]),
+            deployment(1, &[("app", "other")], &[("voice/config", "abc")]),
+            deployment(1, &[], &[("voice/config", "abc")]),
+            deployment(1, &[("app", "gw")], &[("voice/config", "edited")]),
+        ] {
+            assert_ne!(fingerprint(&drifted, &desired), fp, "{drifted:?}");
+        }
     }
 }

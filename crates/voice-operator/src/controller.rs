@@ -332,9 +332,13 @@ fn backoff(ctx: &Context, vp: &VoicePipeline) -> Duration {
 
 /// Applies every child; records what it saw for the status step.
 ///
-/// Three groups run concurrently: the core (gateway, Riva), monitoring, and dashboards. Within
-/// the core everything is applied at once except the gateway Deployment, which waits for its
-/// ConfigMap (its pods read it at start). Apply latency is one or two round trips, not ten.
+/// Every child is applied at once (one concurrent round trip, not ten), the gateway Deployment
+/// included, although its pods read the gateway ConfigMap: both requests leave together, and a
+/// pod only reaches a kubelet after the ReplicaSet controller and the scheduler, long after
+/// the ConfigMap is stored. Should the ConfigMap's apply fail, the pods wait in
+/// `CreateContainerConfigError` (the kubelet retries) while the status names the failure and
+/// the pass is retried with backoff; the pods do not start with a wrong configuration, since
+/// the Deployment's template carries the hash of the configuration it was built for.
 async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Observed {
     let s = &ctx.stores;
     let a = &ctx.applier;
@@ -377,16 +381,14 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             }
         };
         let gateway_fut = async {
-            let (cm, svc) = futures::join!(
+            let (cm, svc, d) = futures::join!(
                 a.apply(&gateway_config, "gateway", Some(&s.config_maps)),
-                a.apply(&gateway_service, "gateway", Some(&s.services))
+                a.apply(&gateway_service, "gateway", Some(&s.services)),
+                a.apply(&gateway_deployment, "gateway", Some(&s.deployments))
             );
             cm?;
             svc?;
-            let d = a
-                .apply(&gateway_deployment, "gateway", Some(&s.deployments))
-                .await?;
-            Ok::<_, ApplyError>(d.map(|d| Rollout::of(&d)))
+            Ok::<_, ApplyError>(d?.map(|d| Rollout::of(&d)))
         };
         let (riva_rollout, pdb, gateway_rollout) = futures::join!(riva_fut, pdb_fut, gateway_fut);
         let riva_rollout = riva_rollout?;
@@ -720,7 +722,8 @@ fn error_policy(
 // === watches ===
 
 /// Watch of kind `K` in `ns` (all when `None`) with the operator's label, reflected into a
-/// store, yielding touched objects (deletes included: a deleted child is recreated).
+/// store after [`Trim::trim`], yielding touched objects (deletes included: a deleted child is
+/// recreated).
 fn reflect<K>(
     client: &Client,
     ns: Option<&str>,
@@ -730,6 +733,7 @@ fn reflect<K>(
 )
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Trim
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -745,11 +749,77 @@ where
     let wc = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={OPERATOR}"));
     let stream = watcher(api, wc)
         .default_backoff()
-        // Managed fields are large and never read: keep the caches small.
-        .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+        .modify(|o: &mut K| o.trim())
         .reflect(writer)
         .touched_objects();
     (reader, stream)
+}
+
+/// What the watch caches keep of an object: only what the operator reads.
+///
+/// The applier reads metadata (fingerprints, orphans by label) and the status step reads a
+/// Deployment's replicas and status; nothing reads a cached child's data or spec, since the
+/// desired object is always built afresh. Managed fields go everywhere. With 1,000 pipelines
+/// the dashboards' JSON (~19 kB each) and the alert rules (~6 kB each) were most of the
+/// operator's memory. Drift detection is unaffected: any edit of data or spec changes the
+/// resourceVersion or generation, which [`crate::apply`]'s fingerprint reads.
+trait Trim: Resource {
+    /// Drops what is never read; managed fields always.
+    fn trim(&mut self) {
+        self.meta_mut().managed_fields = None;
+        self.trim_body();
+    }
+    /// Drops the kind's bulky body.
+    fn trim_body(&mut self);
+}
+
+impl Trim for Deployment {
+    fn trim_body(&mut self) {
+        if let Some(spec) = &mut self.spec {
+            *spec = k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas: spec.replicas,
+                ..Default::default()
+            };
+        }
+    }
+}
+
+impl Trim for ConfigMap {
+    fn trim_body(&mut self) {
+        self.data = None;
+        self.binary_data = None;
+    }
+}
+
+impl Trim for Service {
+    fn trim_body(&mut self) {
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Trim for PodDisruptionBudget {
+    fn trim_body(&mut self) {
+        self.spec = None;
+        self.status = None;
+    }
+}
+
+impl Trim for ServiceMonitor {
+    fn trim_body(&mut self) {
+        self.spec = Default::default();
+    }
+}
+
+impl Trim for PrometheusRule {
+    fn trim_body(&mut self) {
+        self.spec = Default::default();
+    }
+}
+
+impl Trim for DeserializeGuard<VoicePipeline> {
+    /// Spec and status are read: only managed fields go.
+    fn trim_body(&mut self) {}
 }
 
 /// Like [`reflect`], but the watch starts only once `served` says the kind is served.
@@ -763,6 +833,7 @@ fn reflect_when_served<K>(
 )
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Trim
         + Clone
         + DeserializeOwned
         + std::fmt::Debug
@@ -962,7 +1033,13 @@ pub async fn run_on(
         let (all_tx, mut all_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         reconcile_all_txs.push(all_tx);
         let all_stream = futures::stream::poll_fn(move |cx| all_rx.poll_recv(cx));
-        let controller = Controller::new(api, watcher::Config::default())
+        let (pipelines, pipelines_writer) = reflector::store();
+        let pipeline_stream = watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|g: &mut DeserializeGuard<VoicePipeline>| g.trim())
+            .reflect(pipelines_writer)
+            .applied_objects();
+        let controller = Controller::for_stream(pipeline_stream, pipelines)
             .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
             .watches_stream(dep_stream, |o| owner_of(&o))
             .watches_stream(svc_stream, |o| owner_of(&o))
