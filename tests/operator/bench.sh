@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The operator's benchmarks (BENCHMARKS.md, section "Operator"), on a private local plane:
-# apply → children latency over LATENCY pipelines, then SCALE pipelines until all Ready with the
-# operator's peak RSS, CPU, API requests per pipeline and steady-state writes per minute.
+# The operator's benchmarks (BENCHMARKS.md, section "Operator"), each on a fresh private plane:
+# the plane alone making SCALE bare gateway Deployments available; then apply → children
+# latency over LATENCY pipelines, and SCALE pipelines until all Ready with the operator's peak
+# RSS, CPU, API requests per pipeline and steady-state writes per minute.
 #   tests/operator/bench.sh [LATENCY=100] [SCALE=1000] [STEADY_SECONDS=60]
+#   BASELINE_OPERATOR=/path/to/older/voice-operator tests/operator/bench.sh ...
+#     also runs an older build first, side by side in the same table (build it from an older
+#     commit into another target dir, e.g. git worktree + CARGO_TARGET_DIR).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 cargo build -q --release --locked -p voice-operator -p operator-tests --bin voice-operator --bin operator-bench
 "$CARGO_TARGET_DIR/release/operator-bench" --operator "$CARGO_TARGET_DIR/release/voice-operator" \
+  --baseline-operator "${BASELINE_OPERATOR:-}" \
   --latency "${1:-100}" --scale "${2:-1000}" --steady-seconds "${3:-60}"

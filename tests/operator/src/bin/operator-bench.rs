@@ -9,7 +9,10 @@
 //!
 //! The operator runs as its own process (the binary given by `--operator`), watching the two
 //! benchmark namespaces, without leader election (a Lease renewal is a write by design).
-//! Prints a Markdown table.
+//! With `--baseline-operator OLD_BIN` the same runs are made with an older build first, for a
+//! side-by-side comparison within one run. Before either, the plane alone makes `--scale` bare
+//! gateway Deployments available, so the operator's share of "until all Ready" is visible.
+//! Every run gets its own fresh private plane. Prints a Markdown table, one column per build.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +34,7 @@ use voice_types::VoicePipeline;
 
 struct Args {
     operator: String,
+    baseline: Option<String>,
     latency: usize,
     scale: usize,
     steady_secs: u64,
@@ -39,6 +43,7 @@ struct Args {
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
         operator: String::new(),
+        baseline: None,
         latency: 100,
         scale: 1000,
         steady_secs: 60,
@@ -48,11 +53,12 @@ fn args() -> anyhow::Result<Args> {
         let v = it.next().with_context(|| format!("{k} needs a value"))?;
         match k.as_str() {
             "--operator" => a.operator = v,
+            "--baseline-operator" => a.baseline = Some(v).filter(|v| !v.is_empty()),
             "--latency" => a.latency = v.parse()?,
             "--scale" => a.scale = v.parse()?,
             "--steady-seconds" => a.steady_secs = v.parse()?,
             _ => bail!(
-                "usage: operator-bench --operator BIN [--latency N] [--scale N] [--steady-seconds S]"
+                "usage: operator-bench --operator BIN [--baseline-operator BIN] [--latency N] [--scale N] [--steady-seconds S]"
             ),
         }
     }
@@ -64,18 +70,35 @@ fn args() -> anyhow::Result<Args> {
 
 fn main() -> anyhow::Result<()> {
     let args = args()?;
-    eprintln!(">> starting a private plane");
-    let plane = Plane::private("operator-bench", PlaneOptions::default());
-    install_crd(&plane);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = rt.block_on(bench(&plane, &args));
+    // The plane alone first, then each operator, each on a fresh private plane, so every
+    // column starts from the same empty cluster.
+    eprintln!(">> plane alone: {} bare Deployments", args.scale);
+    let plane_only = {
+        let plane = Plane::private("operator-bench-plane", PlaneOptions::default());
+        rt.block_on(plane_only(&plane, args.scale))?
+    };
+    let mut runs = vec![];
+    for (label, bin) in args
+        .baseline
+        .iter()
+        .map(|b| ("baseline", b.as_str()))
+        .chain([("this build", args.operator.as_str())])
+    {
+        eprintln!(">> operator ({label}): {bin}");
+        let plane = Plane::private(
+            &format!("operator-bench-{}", runs.len()),
+            PlaneOptions::default(),
+        );
+        install_crd(&plane);
+        let run = rt.block_on(bench(&plane, &args, bin))?;
+        runs.push((label, run));
+    }
     drop(rt);
-    drop(plane);
-    let table = result?;
-    println!("{table}");
+    println!("{}", table(&args, &plane_only, &runs));
     Ok(())
 }
 
@@ -91,6 +114,95 @@ fn pipeline(ns: &str, name: &str) -> VoicePipeline {
         }
     }))
     .expect("valid pipeline")
+}
+
+/// The gateway Deployment the operator builds for [`pipeline`], without owner references.
+fn bare_gateway(ns: &str, name: &str) -> Deployment {
+    let vp = pipeline(ns, name);
+    let v = voice_operator::model::validate(&vp).expect("valid pipeline");
+    let mut d = voice_operator::build::build(&v).gateway_deployment;
+    d.metadata.owner_references = None;
+    d
+}
+
+/// Whether a Deployment has rolled out: observed, all replicas updated and available.
+fn available(d: &Deployment) -> bool {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    d.status.as_ref().is_some_and(|s| {
+        s.observed_generation >= d.metadata.generation
+            && s.updated_replicas.unwrap_or(0) >= want
+            && s.available_replicas.unwrap_or(0) >= want
+    })
+}
+
+/// When each Deployment of `ns` was first seen and first seen available (seconds after `t0`).
+#[derive(Default)]
+struct DeploymentTimes {
+    created: HashMap<String, f64>,
+    available: HashMap<String, f64>,
+}
+
+fn track_deployments(client: &Client, ns: &str, t0: Instant) -> Arc<Mutex<DeploymentTimes>> {
+    let times: Arc<Mutex<DeploymentTimes>> = Arc::default();
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let t = times.clone();
+    tokio::spawn(async move {
+        let mut s = watcher(api, watcher::Config::default()).boxed();
+        while let Ok(Some(ev)) = s.try_next().await {
+            if let watcher::Event::Apply(d) | watcher::Event::InitApply(d) = ev {
+                let at = t0.elapsed().as_secs_f64();
+                let mut t = t.lock().unwrap();
+                t.created.entry(d.name_any()).or_insert(at);
+                if available(&d) {
+                    t.available.entry(d.name_any()).or_insert(at);
+                }
+            }
+        }
+    });
+    times
+}
+
+fn last(m: &HashMap<String, f64>) -> f64 {
+    m.values().copied().fold(0.0, f64::max)
+}
+
+/// The plane's own share: N bare gateway Deployments created at the benchmark's pace, until
+/// all are available (ReplicaSet controller, scheduler, kwok), with no operator.
+async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<(f64, f64)> {
+    let client = plane.client().await;
+    let ns = "bench-plane";
+    let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nso)
+        .await?;
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let t0 = Instant::now();
+    let times = track_deployments(&client, ns, t0);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &bare_gateway(ns, &format!("p-{i}")))
+                    .await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let created = t0.elapsed().as_secs_f64();
+    loop {
+        let done = times.lock().unwrap().available.len();
+        if done >= n {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("only {done} of {n} bare Deployments available after 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let all = last(&times.lock().unwrap().available);
+    eprintln!(">> plane alone: creates sent in {created:.1} s, all available at {all:.1} s");
+    Ok((created, all))
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -167,16 +279,17 @@ fn delta(a: &Requests, b: &Requests) -> Requests {
 }
 
 /// Requests the operator makes: every server-side apply (nothing else here applies), every
-/// request on VoicePipelines but the benchmark's own creates and reads, events.k8s.io writes,
-/// and deletes of the kinds it owns.
+/// request on VoicePipelines but the benchmark's own creates and reads, and deletes of the
+/// kinds it owns. Events are left out: kube-scheduler writes an events.k8s.io Event per pod
+/// it binds; the operator's Events are counted from its own metric and from the Events'
+/// reporting controller instead.
 fn operator_requests(d: &Requests) -> (f64, Vec<String>) {
     let mut total = 0.0;
     let mut parts = vec![];
-    for ((verb, group, resource, sub), v) in d {
+    for ((verb, _group, resource, sub), v) in d {
         let ours = verb == "APPLY"
             || (resource == "voicepipelines"
                 && !matches!(verb.as_str(), "POST" | "GET" | "LIST" | "WATCH"))
-            || (group == "events.k8s.io" && matches!(verb.as_str(), "POST" | "PATCH"))
             || (verb == "DELETE"
                 && matches!(
                     resource.as_str(),
@@ -193,6 +306,27 @@ fn operator_requests(d: &Requests) -> (f64, Vec<String>) {
         }
     }
     (total, parts)
+}
+
+/// Events of `ns` by reporting controller and reason (events.k8s.io, so kube-scheduler's
+/// `Scheduled` Events are there too).
+async fn events_by_reporter(client: &Client, ns: &str) -> BTreeMap<String, usize> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let mut m = BTreeMap::new();
+    let mut lp = kube::api::ListParams::default().limit(500);
+    loop {
+        let Ok(list) = api.list(&lp).await else { break };
+        for e in &list.items {
+            let who = e.reporting_controller.clone().unwrap_or_default();
+            let why = e.reason.clone().unwrap_or_default();
+            *m.entry(format!("{who} {why}")).or_insert(0) += 1;
+        }
+        match list.metadata.continue_ {
+            Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
+            _ => break,
+        }
+    }
+    m
 }
 
 fn proc_stat(pid: u32) -> (f64, u64) {
@@ -223,7 +357,27 @@ impl Drop for OperatorProcess {
     }
 }
 
-async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
+/// One operator's results.
+struct Run {
+    lat: Vec<f64>,
+    created: f64,
+    children_created: f64,
+    deployments_available: f64,
+    ready_after: f64,
+    hwm_mib: f64,
+    cpu_scale: f64,
+    cpu_total: f64,
+    scale_reqs: f64,
+    scale_parts: Vec<String>,
+    own_writes: f64,
+    own_events: f64,
+    events: BTreeMap<String, usize>,
+    steady_reqs: f64,
+    steady_parts: Vec<String>,
+    steady_own: f64,
+}
+
+async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run> {
     let client = plane.client().await;
     for ns in ["bench-lat", "bench-scale"] {
         let n: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
@@ -236,7 +390,7 @@ async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
         .port();
     let log = std::fs::File::create(plane.dir.join("logs/voice-operator.log"))?;
     let op = OperatorProcess(
-        Command::new(&args.operator)
+        Command::new(operator)
             .args([
                 "run",
                 "--namespace",
@@ -296,11 +450,13 @@ async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
         lat.push(last.duration_since(t0).as_secs_f64() * 1000.0);
     }
     lat.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
-    eprintln!(">> latency: p50 {p50:.1} ms, p99 {p99:.1} ms");
+    eprintln!(
+        ">> latency: p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&lat, 50.0),
+        percentile(&lat, 99.0)
+    );
 
-    // The local plane's Service range is small (10.0.0.0/24): give the latency run's
-    // ClusterIPs back before the scale run.
+    // Give the latency run's pods and Services back before the scale run.
     api.delete_collection(&Default::default(), &Default::default())
         .await?;
     let services: Api<Service> = Api::namespaced(client.clone(), "bench-lat");
@@ -317,8 +473,10 @@ async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
     let (cpu0, _) = proc_stat(pid);
     let req0 = apiserver_requests(plane);
     let writes0 = operator_metric(&admin, "voice_operator_api_writes_total").await;
+    let events0 = operator_metric(&admin, "voice_operator_api_writes_total{kind=\"Event\"").await;
     let api: Api<VoicePipeline> = Api::namespaced(client.clone(), "bench-scale");
     let t0 = Instant::now();
+    let times = track_deployments(&client, "bench-scale", t0);
     futures::stream::iter(0..args.scale)
         .map(|i| {
             let api = api.clone();
@@ -361,7 +519,13 @@ async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
     let (cpu1, _) = proc_stat(pid);
     let req1 = apiserver_requests(plane);
     let writes1 = operator_metric(&admin, "voice_operator_api_writes_total").await;
+    let events1 = operator_metric(&admin, "voice_operator_api_writes_total{kind=\"Event\"").await;
     let (scale_reqs, scale_parts) = operator_requests(&delta(&req0, &req1));
+    let events = events_by_reporter(&client, "bench-scale").await;
+    let (children_created, deployments_available) = {
+        let t = times.lock().unwrap();
+        (last(&t.created), last(&t.available))
+    };
 
     // === 3. steady state: writes during one quiet minute ===
     eprintln!(">> steady state: {} s", args.steady_secs);
@@ -377,35 +541,150 @@ async fn bench(plane: &Plane, args: &Args) -> anyhow::Result<String> {
     drop(op);
 
     let n = args.scale as f64;
-    Ok(format!(
-        "| what | result | target |\n|---|---|---|\n\
-         | apply → all 6 children created, one pipeline at a time | p50 {p50:.1} ms, p99 {p99:.1} ms (min {:.1}, max {:.1}; {} pipelines) | p50 < 100 ms |\n\
-         | {} pipelines: create → all Ready at their generation | {:.1} s (creates sent in {:.1} s) | < 60 s |\n\
-         | operator peak RSS (VmHWM) | {:.1} MiB | < 64 MiB |\n\
-         | operator CPU | {:.1} s during the scale run, {:.1} s for the whole benchmark | |\n\
-         | operator API requests per pipeline (apiserver_request_total, scale run) | {:.2} ({}) | |\n\
-         | operator's own count of writes per pipeline (voice_operator_api_writes_total) | {:.2} | |\n\
-         | operator writes per minute once all are Ready (apiserver_request_total) | {:.0}{} (own count: {:.0}) | 0 |\n",
-        lat[0],
-        lat[lat.len() - 1],
-        lat.len(),
-        args.scale,
-        ready_after.as_secs_f64(),
-        created.as_secs_f64(),
-        hwm_kib as f64 / 1024.0,
-        cpu1 - cpu0,
+    Ok(Run {
+        lat,
+        created: created.as_secs_f64(),
+        children_created,
+        deployments_available,
+        ready_after: ready_after.as_secs_f64(),
+        hwm_mib: hwm_kib as f64 / 1024.0,
+        cpu_scale: cpu1 - cpu0,
         cpu_total,
-        scale_reqs / n,
-        scale_parts.join(", "),
-        (writes1 - writes0) / n,
-        steady_reqs * per_min,
-        if steady_parts.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", steady_parts.join(", "))
+        scale_reqs: scale_reqs / n,
+        scale_parts,
+        own_writes: (writes1 - writes0) / n,
+        own_events: events1 - events0,
+        events,
+        steady_reqs: steady_reqs * per_min,
+        steady_parts,
+        steady_own: (writes3 - writes2) * per_min,
+    })
+}
+
+/// The Markdown table: one column per operator build, the plane alone as a row of its own.
+fn table(args: &Args, plane_only: &(f64, f64), runs: &[(&str, Run)]) -> String {
+    let mut out = String::from("| what |");
+    for (label, _) in runs {
+        out += &format!(" {label} |");
+    }
+    out += " target |\n|---|";
+    for _ in runs {
+        out += "---|";
+    }
+    out += "---|\n";
+    let mut row = |what: String, cell: &dyn Fn(&Run) -> String, target: &str| {
+        out += &format!("| {what} |");
+        for (_, r) in runs {
+            out += &format!(" {} |", cell(r));
+        }
+        out += &format!(" {target} |\n");
+    };
+    row(
+        format!(
+            "apply → all 6 children created, one pipeline at a time ({} pipelines)",
+            args.latency
+        ),
+        &|r| {
+            format!(
+                "p50 {:.1} ms, p99 {:.1} ms (min {:.1}, max {:.1})",
+                percentile(&r.lat, 50.0),
+                percentile(&r.lat, 99.0),
+                r.lat[0],
+                r.lat[r.lat.len() - 1]
+            )
         },
-        (writes3 - writes2) * per_min,
-    ))
+        "p50 < 100 ms",
+    );
+    row(
+        format!(
+            "{} pipelines: create → all Ready at their generation",
+            args.scale
+        ),
+        &|r| {
+            format!(
+                "{:.1} s (creates sent in {:.1} s)",
+                r.ready_after, r.created
+            )
+        },
+        "< 60 s",
+    );
+    row(
+        "… of which: last gateway Deployment created / last one available (seen by a watch)".into(),
+        &|r| {
+            format!(
+                "{:.1} s / {:.1} s",
+                r.children_created, r.deployments_available
+            )
+        },
+        "",
+    );
+    row(
+        format!(
+            "… the plane alone: {} bare gateway Deployments created → all available (no operator; its own fresh plane)",
+            args.scale
+        ),
+        &|_| {
+            format!(
+                "{:.1} s (creates sent in {:.1} s)",
+                plane_only.1, plane_only.0
+            )
+        },
+        "",
+    );
+    row(
+        "operator peak RSS (VmHWM)".into(),
+        &|r| format!("{:.1} MiB", r.hwm_mib),
+        "< 64 MiB",
+    );
+    row(
+        "operator CPU".into(),
+        &|r| {
+            format!(
+                "{:.1} s scale run, {:.1} s whole benchmark",
+                r.cpu_scale, r.cpu_total
+            )
+        },
+        "",
+    );
+    row(
+        "operator API requests per pipeline (apiserver_request_total, scale run; Events apart)"
+            .into(),
+        &|r| format!("{:.2} ({})", r.scale_reqs, r.scale_parts.join(", ")),
+        "",
+    );
+    row(
+        "operator's own count of writes per pipeline (voice_operator_api_writes_total)".into(),
+        &|r| format!("{:.2} (Events: {:.0})", r.own_writes, r.own_events),
+        "",
+    );
+    row(
+        "Events in the scale namespace by reporting controller and reason".into(),
+        &|r| {
+            r.events
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        "",
+    );
+    row(
+        "operator writes per minute once all are Ready (apiserver_request_total)".into(),
+        &|r| {
+            format!(
+                "{:.0}{} (own count: {:.0})",
+                r.steady_reqs,
+                if r.steady_parts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.steady_parts.join(", "))
+                },
+                r.steady_own
+            )
+        },
+        "0",
+    );
+    out
 }
 
 async fn http_get(url: &str) -> Option<(u16, String)> {
