@@ -997,6 +997,7 @@ pub async fn run_on(
     let mut reconcile_all_txs = vec![];
     let mut controllers = vec![];
     let synced_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut pipeline_stores = vec![];
     for scope in scopes {
         let ns = scope.as_deref();
         let (deployments, dep_stream) = reflect::<Deployment>(&client, ns);
@@ -1060,7 +1061,7 @@ pub async fn run_on(
             } else {
                 cfg.namespaces.len()
             };
-            let metrics = metrics.clone();
+            pipeline_stores.push(store.clone());
             tokio::spawn(async move {
                 until_ready(&store).await;
                 until_ready(&stores.deployments).await;
@@ -1070,12 +1071,6 @@ pub async fn run_on(
                 if synced_count.fetch_add(1, Ordering::SeqCst) + 1 == total {
                     health.synced.store(true, Ordering::Relaxed);
                     tracing::info!("watches synced");
-                }
-                loop {
-                    metrics
-                        .pipelines
-                        .set(i64::try_from(store.state().len()).unwrap_or(i64::MAX));
-                    tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             });
         }
@@ -1091,6 +1086,17 @@ pub async fn run_on(
                 }),
         );
     }
+    // The pipeline gauges, over every watched namespace.
+    let gauges = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let all: Vec<_> = pipeline_stores.iter().flat_map(Store::state).collect();
+                metrics.set_pipelines(all.iter().map(|g| g.0.as_ref().ok()?.status.as_ref()));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        })
+    };
     let fan_out = {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
@@ -1114,6 +1120,8 @@ pub async fn run_on(
 
     futures::future::join_all(controllers).await;
     poller.abort();
+    gauges.abort();
+    metrics.set_pipelines([]);
     health.stopped.store(true, Ordering::Relaxed);
     metrics.leader.set(0);
     let lost = !*stop_rx.borrow();

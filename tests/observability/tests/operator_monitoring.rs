@@ -50,6 +50,7 @@ fn operator_alerts_check_and_fire_as_tested() {
         "VoiceOperatorDown",
         "VoiceOperatorReconcileErrors",
         "VoiceOperatorPipelineStalled",
+        "VoiceOperatorMalformedPipeline",
         "VoiceOperatorSlowReconciles",
     ] {
         assert!(names.iter().any(|n| n == a), "no {a} in {names:?}");
@@ -236,6 +237,7 @@ fn operator_metrics_are_exposed_scraped_and_queried() {
         "up",
         "voice_operator_leader",
         "voice_operator_pipelines",
+        "voice_operator_pipelines_by_condition",
         "voice_operator_reconciles_total",
         "voice_operator_apply_skipped_total",
     ];
