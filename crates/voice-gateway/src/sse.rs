@@ -46,41 +46,51 @@ impl SseDecoder {
 
     /// Feeds bytes; appends each completed event's data to `out`. `Err((EVENT_TOO_LARGE, …))`
     /// once an event in progress exceeds the limit (the decoder is then spent).
+    ///
+    /// Works a line at a time: a line that arrives whole in `bytes` (the usual case) is handled
+    /// in place, without going through the line buffer.
     pub fn push(
         &mut self,
         bytes: &[u8],
         out: &mut Vec<String>,
     ) -> Result<(), (&'static str, String)> {
-        for &b in bytes {
-            if self.line.len() + self.data.len() >= self.max {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let nl = rest.iter().position(|&b| b == b'\n');
+            let seg = &rest[..nl.unwrap_or(rest.len())];
+            // Bytes taken from `rest` now (the line's and its `\n`): each one must find the event
+            // under the limit, as if they came one by one.
+            let taken = seg.len() + usize::from(nl.is_some());
+            if self.line.len() + self.data.len() + taken > self.max {
                 return Err((
                     EVENT_TOO_LARGE,
                     format!("LLM stream event larger than {} bytes", self.max),
                 ));
             }
-            if b == b'\n' {
+            let Some(i) = nl else {
+                self.line.extend_from_slice(seg);
+                break;
+            };
+            if self.line.is_empty() {
+                self.line_done(strip_cr(seg), out);
+            } else {
                 let mut line = std::mem::take(&mut self.line);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                self.line_done(&line, out);
+                line.extend_from_slice(seg);
+                self.line_done(strip_cr(&line), out);
                 self.line = line;
                 self.line.clear();
-            } else {
-                self.line.push(b);
             }
+            rest = &rest[i + 1..];
         }
         Ok(())
     }
 
     /// End of stream: the event in progress, if any (servers that close without a blank line).
     pub fn finish(&mut self, out: &mut Vec<String>) {
-        let mut line = std::mem::take(&mut self.line);
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
+        let line = std::mem::take(&mut self.line);
+        let line = strip_cr(&line);
         if !line.is_empty() {
-            self.line_done(&line, out);
+            self.line_done(line, out);
         }
         self.dispatch(out);
     }
@@ -116,11 +126,19 @@ impl SseDecoder {
             if self.has_data {
                 self.data.push('\n');
             }
-            self.data.push_str(&String::from_utf8_lossy(value));
+            match std::str::from_utf8(value) {
+                Ok(v) => self.data.push_str(v),
+                Err(_) => self.data.push_str(&String::from_utf8_lossy(value)),
+            }
             self.has_data = true;
         }
         // `event:`, `id:`, `retry:` carry nothing we use.
     }
+}
+
+/// A line without its `\r` (of a `\r\n` line end).
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 #[derive(Debug, Deserialize)]
