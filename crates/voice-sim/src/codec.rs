@@ -25,24 +25,43 @@ pub fn slot_samples(sample_rate: u32) -> usize {
 }
 
 /// Encodes `text` as one utterance of 16-bit little-endian PCM.
+///
+/// The tone repeats every `sample_rate / gcd(sample_rate, 440)` samples (400 at 16 kHz), so one
+/// period is computed and then copied: the simulator's TTS shares the cores with the gateway it
+/// measures, and a `sin` per sample was most of its CPU per turn.
 pub fn encode_speech(text: &str, sample_rate: u32) -> Vec<u8> {
     let slot = slot_samples(sample_rate);
     let codes = std::iter::once(CODE_START)
         .chain(text.bytes().map(|b| CODE_BYTE + i16::from(b)))
         .chain(std::iter::once(CODE_END));
-    let mut out = Vec::with_capacity((text.len() + 2) * slot * 2);
+    let slots = text.len() + 2;
+    let tone_samples = slots * (slot - 2);
+    let period = (sample_rate / gcd(sample_rate.max(1), 440)).max(1) as usize;
+    let tone: Vec<[u8; 2]> = (0..period.min(tone_samples))
+        .map(|t| {
+            let phase = 2.0 * std::f64::consts::PI * 440.0 * t as f64 / f64::from(sample_rate);
+            ((phase.sin() * TONE_AMPLITUDE) as i16).to_le_bytes()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(slots * slot * 2);
     let mut t = 0usize;
     for code in codes {
         out.extend_from_slice(&MAGIC.to_le_bytes());
         out.extend_from_slice(&code.to_le_bytes());
-        for _ in 2..slot {
-            let phase = 2.0 * std::f64::consts::PI * 440.0 * t as f64 / f64::from(sample_rate);
-            let s = (phase.sin() * TONE_AMPLITUDE) as i16;
-            out.extend_from_slice(&s.to_le_bytes());
-            t += 1;
+        let mut left = slot - 2;
+        while left > 0 {
+            let i = t % period;
+            let n = left.min(tone.len() - i);
+            out.extend_from_slice(tone[i..i + n].as_flattened());
+            t += n;
+            left -= n;
         }
     }
     out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 /// Duration of the speech [`encode_speech`] produces for `text`.
@@ -220,6 +239,29 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tone_from_one_period_matches_the_formula() {
+        for rate in [8_000, 16_000, 22_050, 44_100, 48_000, 7] {
+            let pcm = encode_speech("abc", rate);
+            let slot = slot_samples(rate);
+            let mut t = 0usize;
+            for (n, s) in pcm.chunks_exact(2).enumerate() {
+                if n % slot < 2 {
+                    continue; // marker and code
+                }
+                let phase = 2.0 * std::f64::consts::PI * 440.0 * t as f64 / f64::from(rate);
+                let want = (phase.sin() * TONE_AMPLITUDE) as i16;
+                let got = i16::from_le_bytes([s[0], s[1]]);
+                assert!(
+                    (got - want).abs() <= 1,
+                    "rate {rate} sample {n}: {got} vs {want}"
+                );
+                t += 1;
+            }
+            assert_eq!(pcm.len(), 5 * slot * 2);
+        }
+    }
 
     #[test]
     fn round_trip_in_odd_chunks() {

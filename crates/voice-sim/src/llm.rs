@@ -205,6 +205,17 @@ struct StreamJob {
 type Tx = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
 impl StreamJob {
+    /// A content chunk, written directly rather than built as a `Value` (one per token: the
+    /// simulator shares the cores with the gateway it measures). Same fields as [`Self::chunk`].
+    fn content_chunk(&self, token: &str) -> String {
+        let q = |s: &str| Value::String(s.to_string()).to_string();
+        format!(
+            r#"{{"choices":[{{"delta":{{"content":{}}},"finish_reason":null,"index":0}}],"created":0,"id":"chatcmpl-voice-sim","model":{},"object":"chat.completion.chunk","system_fingerprint":"voice-sim"}}"#,
+            q(token),
+            q(&self.model)
+        )
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
         json!({"id": "chatcmpl-voice-sim", "object": "chat.completion.chunk", "created": 0,
                "model": self.model, "system_fingerprint": "voice-sim",
@@ -299,8 +310,7 @@ impl StreamJob {
                 return Ok(());
             }
             n += 1;
-            self.event(tx, &self.chunk(json!({"content": t}), None).to_string(), n)
-                .await?;
+            self.event(tx, &self.content_chunk(t), n).await?;
         }
         self.event(tx, &self.chunk(json!({}), Some("stop")).to_string(), n)
             .await?;
@@ -331,6 +341,29 @@ mod tests {
         let t = tokens(r);
         assert_eq!(t, vec!["Hello", " there,", " Dr.", " Sim."]);
         assert_eq!(t.concat(), r);
+    }
+
+    #[test]
+    fn content_chunk_is_the_generic_chunk() {
+        let job = StreamJob {
+            state: Arc::new(crate::SimState {
+                profile: crate::profile::Profile::ZERO,
+                faults: crate::profile::Faults::new(0.0, 0.0, 0.0, 1),
+                script: Script::new(),
+                sidecars: Default::default(),
+                model: "sim".into(),
+                llm_quirks: false,
+            }),
+            model: "m \"x\"".into(),
+            toks: Vec::new(),
+            include_usage: false,
+            prompt_tokens: 0,
+            mode: Mode::Normal,
+        };
+        for t in [" hello", "a\"b\\c\n", "é ✓"] {
+            let fast: Value = serde_json::from_str(&job.content_chunk(t)).unwrap();
+            assert_eq!(fast, job.chunk(json!({"content": t}), None));
+        }
     }
 
     #[test]
