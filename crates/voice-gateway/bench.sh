@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Gateway benchmarks against voice-sim (see the "Voice gateway" section of BENCHMARKS.md).
 # Usage: crates/voice-gateway/bench.sh [quick]
+# Two offered loads per level: back to back (each stream starts its next turn as soon as the last
+#   ends: saturates the 2 cores, measures queueing) and paced (PACE_MS, default 5000: each stream
+#   starts a turn every PACE_MS on average, Poisson arrivals, as users who pause between turns).
 # Binaries: VOICE_GATEWAY_BIN, VOICE_SIM_BIN, VOICE_BENCH_BIN, or built here with --release.
 # BASELINE_GATEWAY_BIN: another gateway build (e.g. an older commit) run against the same sim;
 #   each overhead row is then measured for it right before the same row for this build.
@@ -54,21 +57,27 @@ stop() {
 }
 bench() { "${other_cpu[@]}" "$VOICE_BENCH_BIN" "$@"; }
 
-if [ "$quick" = quick ]; then levels="1:20 100:3"; else levels="1:200 100:10 1000:3"; fi
-echo "## Gateway overhead on time to first audio (ms)"
-echo "| profile | build | streams | turns | gateway p50 | gateway p99 | direct p50 | direct p99 | p50 diff | p99 diff | paired p50 | paired p99 | in-gateway p50 | in-gateway p99 | failed streams |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+# streams:turns:pace_ms (0: back to back)
+pace="${PACE_MS:-5000}"
+if [ "$quick" = quick ]; then
+  levels="1:20:0 100:3:0 100:3:$pace"
+else
+  levels="1:200:0 100:10:0 1000:3:0 100:5:$pace 1000:3:$pace"
+fi
+echo "## Gateway overhead on time to first audio (ms); CPU per turn (ms) of each process"
+echo "| profile | build | load | streams | turns | turns/s | late starts | gateway p50 | gateway p99 | direct p50 | direct p99 | p50 diff | p99 diff | paired p50 | paired p99 | in-gateway p50 | in-gateway p99 | gateway CPU | sim CPU | bench CPU | failed streams |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for profile in zero seed; do
   start "$profile" --script "$work/short.json"
   for lv in $levels; do
-    n="${lv%%:*}"; turns="${lv##*:}"
+    IFS=: read -r n turns p <<< "$lv"
     if [ -n "$BASE_PID" ]; then
       row="$(bench overhead --target "127.0.0.1:$GRPC_B" --riva "$RIVA" --llm "$LLM" \
-        --streams "$n" --turns "$turns")"
+        --streams "$n" --turns "$turns" --pace-ms "$p" --gateway-pid "$BASE_PID" --sim-pid "$SIM_PID")"
       echo "| $profile | baseline $row"
     fi
     row="$(bench overhead --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" \
-      --streams "$n" --turns "$turns")"
+      --streams "$n" --turns "$turns" --pace-ms "$p" --gateway-pid "$GW_PID" --sim-pid "$SIM_PID")"
     echo "| $profile | HEAD $row"
   done
   stop

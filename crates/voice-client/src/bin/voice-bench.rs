@@ -3,7 +3,11 @@
 //!
 //! - `overhead`: time to first audio through the gateway vs. directly (LLM until the first
 //!   sentence, then TTS until its first chunk), N concurrent streams; p50/p99 of both and of the
-//!   paired difference.
+//!   paired difference. Two offered loads: back to back (`--pace-ms 0`: every stream starts its
+//!   next turn as soon as the last one ends, which saturates the machine and measures queueing)
+//!   and paced (`--pace-ms P`: each stream starts a turn every P ms on average, fixed or Poisson,
+//!   as users who speak with pauses do). With `--gateway-pid`/`--sim-pid`, the CPU time each
+//!   process (and the bench itself) spent per turn during the run.
 //! - `pipeline`: turn completion through the gateway vs. the ideal bound (later of LLM completion
 //!   and the TTS work that cannot overlap, measured directly) and vs. the sequential sum.
 //! - `idle-memory`: gateway RSS growth per idle stream.
@@ -49,6 +53,108 @@ struct Targets {
     text: String,
 }
 
+/// The offered load of `overhead`, and the processes whose CPU it reports.
+#[derive(Debug, clap::Args, Clone)]
+struct Load {
+    /// Mean time between the starts of two turns of one stream, in ms; 0: back to back.
+    #[arg(long, default_value_t = 0)]
+    pace_ms: u64,
+    /// Turn starts in the paced mode: `fixed` (every PACE ms, streams' phases spread evenly
+    /// over one period) or `poisson` (exponential gaps of mean PACE ms, independent streams).
+    #[arg(long, value_enum, default_value_t = Arrival::Poisson)]
+    arrival: Arrival,
+    /// Gateway process id: its CPU time per turn is reported.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// Simulator process id: its CPU time per turn is reported (it serves the direct turns too).
+    #[arg(long)]
+    sim_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Arrival {
+    Fixed,
+    Poisson,
+}
+
+impl Load {
+    fn describe(&self) -> String {
+        match (self.pace_ms, self.arrival) {
+            (0, _) => "back to back".into(),
+            (p, Arrival::Fixed) => format!("every {:.1} s", p as f64 / 1e3),
+            (p, Arrival::Poisson) => format!("Poisson, mean {:.1} s", p as f64 / 1e3),
+        }
+    }
+}
+
+/// Turn start times of one stream in the paced mode (xorshift64*: no dependency, repeatable).
+#[derive(Debug)]
+struct Pacer {
+    pace: Duration,
+    arrival: Arrival,
+    state: u64,
+}
+
+impl Pacer {
+    fn new(load: &Load, stream: usize, streams: usize) -> (Self, Duration) {
+        let mut p = Self {
+            pace: Duration::from_millis(load.pace_ms),
+            arrival: load.arrival,
+            state: 0x9E37_79B9_7F4A_7C15 ^ (stream as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9),
+        };
+        let first = match p.arrival {
+            Arrival::Fixed => p.pace.mul_f64(stream as f64 / streams.max(1) as f64),
+            Arrival::Poisson => p.gap(),
+        };
+        (p, first)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        let x = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        ((x >> 11) as f64 + 1.0) / (1u64 << 53) as f64 // (0, 1]
+    }
+
+    /// Time from one turn start to the next.
+    fn gap(&mut self) -> Duration {
+        match self.arrival {
+            Arrival::Fixed => self.pace,
+            Arrival::Poisson => self.pace.mul_f64(-self.uniform().ln()),
+        }
+    }
+}
+
+/// CPU time (user + system) of a process so far; `None` if it cannot be read.
+fn cpu_time(pid: &str) -> Option<Duration> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / 100.0)) // USER_HZ is 100 on Linux
+}
+
+/// CPU per turn of the gateway, the simulator and the bench, between two snapshots.
+#[derive(Debug)]
+struct CpuSnap([Option<Duration>; 3]);
+
+impl CpuSnap {
+    fn take(load: &Load) -> Self {
+        let pid = |p: Option<u32>| p.and_then(|p| cpu_time(&p.to_string()));
+        Self([pid(load.gateway_pid), pid(load.sim_pid), cpu_time("self")])
+    }
+
+    fn per_turn(&self, later: &Self, turns: usize) -> [String; 3] {
+        std::array::from_fn(|i| match (self.0[i], later.0[i]) {
+            (Some(a), Some(b)) if turns > 0 => {
+                format!("{:.3}", (b - a).as_secs_f64() * 1e3 / turns as f64)
+            }
+            _ => "n/a".into(),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Gateway overhead on time to first audio.
@@ -61,6 +167,8 @@ enum Cmd {
         /// Turns per stream (each with one direct baseline turn beside it).
         #[arg(long, default_value_t = 20)]
         turns: usize,
+        #[command(flatten)]
+        load: Load,
     },
     /// Turn completion vs. the ideal pipelined bound and the sequential sum.
     Pipeline {
@@ -293,32 +401,48 @@ async fn channels(target: &str, n: usize) -> anyhow::Result<Vec<Channel>> {
     Ok(v)
 }
 
-async fn overhead(t: Targets, streams: usize, turns: usize) -> anyhow::Result<()> {
+async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyhow::Result<()> {
     let chans = channels(&t.target, streams.div_ceil(100)).await?;
     let direct = Arc::new(Direct::new(&t)?);
-    let barrier = Arc::new(Barrier::new(streams));
+    // Every stream open before any turn starts; the main task joins to start the clocks.
+    let barrier = Arc::new(Barrier::new(streams + 1));
     let mut tasks = Vec::new();
     for i in 0..streams {
         let ch = chans[i % chans.len()].clone();
         let (direct, barrier, text) = (direct.clone(), barrier.clone(), t.text.clone());
+        let (mut pacer, first) = Pacer::new(&load, i, streams);
+        let paced = load.pace_ms > 0;
         tasks.push(tokio::spawn(async move {
             let mut s = GwStream::open(ch).await;
             barrier.wait().await;
             let s = s.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
             let mut out = Vec::new();
+            let mut late = 0usize;
+            let mut next = tokio::time::Instant::now() + first;
             for _ in 0..turns {
+                if paced {
+                    if tokio::time::Instant::now() > next {
+                        late += 1; // the previous turn (and its direct twin) overran the pause
+                    }
+                    tokio::time::sleep_until(next).await;
+                    next += pacer.gap();
+                }
                 let (g, _, own) = s.turn(&text).await?;
                 let d = direct.first_audio(&text).await?;
                 out.push((g, d, own));
             }
-            anyhow::Ok(out)
+            anyhow::Ok((out, late))
         }));
     }
+    barrier.wait().await;
+    let cpu0 = CpuSnap::take(&load);
+    let start = Instant::now();
     let (mut g, mut d, mut diff, mut errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    let mut own = Vec::new();
+    let (mut own, mut late) = (Vec::new(), 0);
     for t in tasks {
         match t.await? {
-            Ok(v) => {
+            Ok((v, l)) => {
+                late += l;
                 for (a, b, o) in v {
                     own.extend(o);
                     g.push(a.as_secs_f64() * 1e3);
@@ -332,6 +456,8 @@ async fn overhead(t: Targets, streams: usize, turns: usize) -> anyhow::Result<()
             }
         }
     }
+    let elapsed = start.elapsed().as_secs_f64();
+    let [cpu_gw, cpu_sim, cpu_bench] = cpu0.per_turn(&CpuSnap::take(&load), g.len());
     let (g50, g99, d50, d99) = (
         pct(&mut g, 0.5),
         pct(&mut g, 0.99),
@@ -339,8 +465,10 @@ async fn overhead(t: Targets, streams: usize, turns: usize) -> anyhow::Result<()
         pct(&mut d, 0.99),
     );
     println!(
-        "| {streams} | {} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {errors} |",
+        "| {} | {streams} | {} | {:.0} | {late} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu_gw} | {cpu_sim} | {cpu_bench} | {errors} |",
+        load.describe(),
         g.len(),
+        g.len() as f64 / elapsed,
         g50 - d50,
         g99 - d99,
         pct(&mut diff, 0.5),
@@ -422,7 +550,12 @@ fn histogram(n: u64) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Args::parse().cmd {
-        Cmd::Overhead { t, streams, turns } => overhead(t, streams, turns).await,
+        Cmd::Overhead {
+            t,
+            streams,
+            turns,
+            load,
+        } => overhead(t, streams, turns, load).await,
         Cmd::Pipeline { t, turns } => pipeline(t, turns).await,
         Cmd::IdleMemory {
             target,
