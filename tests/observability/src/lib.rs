@@ -19,6 +19,8 @@ use serde_yaml::Value as Yaml;
 
 pub use test_support::repo_root;
 
+pub mod exporters;
+
 /// Paths of the project's binaries.
 #[derive(Debug)]
 pub struct Bins {

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use observability_tests::exporters::{Exposition, GpuPod, SimulatedExporter};
 use observability_tests::{
     Gateway, PanelQuery, Prometheus, ScrapeJob, Sim, TempDir, assert_importable,
     assert_queries_parse, dashboard_of, metric_names, panel_queries, poll, render, speak,
@@ -84,6 +85,14 @@ fn variable_values(d: &Json) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The current value of variable `name` among `vars`.
+fn current(vars: &[(String, String)], name: &str) -> String {
+    vars.iter()
+        .find(|v| v.0 == name)
+        .map(|v| v.1.clone())
+        .unwrap_or_else(|| panic!("no variable {name}"))
 }
 
 /// The dashboard's queries with its variables replaced by their current values.
@@ -229,16 +238,9 @@ fn kind(q: &PanelQuery) -> &'static str {
 
 #[test]
 fn gateway_panels_return_data_from_a_real_prometheus() {
-    let (cm, d) = dashboards("managed-riva-gpu.yaml").remove(0);
-    let _ = cm;
+    let (_, d) = dashboards("managed-riva-gpu.yaml").remove(0);
     let vars = variable_values(&d);
-    let var = |k: &str| {
-        vars.iter()
-            .find(|v| v.0 == k)
-            .map(|v| v.1.clone())
-            .expect(k)
-    };
-    let (namespace, service) = (var("namespace"), var("pipeline"));
+    let (namespace, service) = (current(&vars, "namespace"), current(&vars, "pipeline"));
 
     // Every backend call fails with probability 0.1: the error panels get series too.
     let sim = Sim::start(&["--error-rate", "0.1", "--seed", "7"]).expect("voice-sim");
@@ -397,4 +399,165 @@ fn gateway_panels_return_data_from_a_real_prometheus() {
     drop(prom);
     drop(gw);
     drop(sim);
+}
+
+/// The GPU (DCGM) and Riva/Triton panels against a real Prometheus scraping SIMULATED
+/// exporters (`observability_tests::exporters`: no GPU or Riva here) that serve the upstream
+/// names and label sets: the panels return data for this pipeline's Riva pods and GPUs, and
+/// none of another pipeline's in the same namespace.
+#[test]
+fn gpu_and_triton_panels_return_data_from_a_real_prometheus() {
+    let (_, d) = dashboards("managed-riva-gpu.yaml").remove(0);
+    let vars = variable_values(&d);
+    let (namespace, riva) = (current(&vars, "namespace"), current(&vars, "riva"));
+    let other = "other-riva".to_string();
+
+    // Two Riva Services in one namespace (this pipeline's and another's), each with its
+    // Triton metrics; one dcgm-exporter with a GPU for each Riva pod.
+    let triton = |models: &[&str]| {
+        SimulatedExporter::start(Exposition::Triton {
+            models: models.iter().map(|m| m.to_string()).collect(),
+        })
+        .expect("simulated Triton exporter")
+    };
+    let ours = triton(&["conformer-en-US-asr-streaming", "fastpitch_hifigan-en-US"]);
+    let theirs = triton(&["other-model"]);
+    let dcgm = SimulatedExporter::start(Exposition::Dcgm {
+        pods: vec![
+            GpuPod {
+                namespace: namespace.clone(),
+                pod: format!("{riva}-6c9d8f7b5-abcde"),
+                gpu: 0,
+            },
+            GpuPod {
+                namespace: namespace.clone(),
+                pod: format!("{other}-59f7d6c4b-fghij"),
+                gpu: 1,
+            },
+        ],
+    })
+    .expect("simulated dcgm-exporter");
+    // The target labels a ServiceMonitor's relabelling gives each: the Riva Services' own, and
+    // the exporter's (namespace gpu-operator), which with honor_labels false push the
+    // exporter's `namespace` and `pod` labels to `exported_namespace` and `exported_pod`.
+    let job = |service: &str, namespace: &str, port: u16, endpoint: &str| ScrapeJob {
+        job: service.into(),
+        target: format!("127.0.0.1:{port}"),
+        labels: vec![
+            ("namespace".into(), namespace.into()),
+            ("service".into(), service.into()),
+            ("pod".into(), format!("{service}-7d9c6b8f5-x2x4z")),
+            ("endpoint".into(), endpoint.into()),
+        ],
+    };
+    let prom = Prometheus::start(&[
+        job(&riva, &namespace, ours.port, "metrics"),
+        job(&other, &namespace, theirs.port, "metrics"),
+        job(
+            "nvidia-dcgm-exporter",
+            "gpu-operator",
+            dcgm.port,
+            "gpu-metrics",
+        ),
+    ])
+    .expect("prometheus");
+    // rate() needs two samples of every counter: wait for the third scrape of each target.
+    poll(
+        Duration::from_secs(30),
+        "three scrapes of every target",
+        || {
+            let r = prom
+                .query("count(count_over_time(up[1m]) >= 3) == 3")
+                .ok()?;
+            (!r.is_empty()).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", prom.log()));
+
+    let values: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let queries: Vec<PanelQuery> = concrete_queries(&d)
+        .into_iter()
+        .filter(|q| {
+            let names = metric_names(&q.expr);
+            names.iter().all(|n| DCGM.contains(&n.as_str()))
+                || names.iter().all(|n| TRITON.contains(&n.as_str()))
+        })
+        .collect();
+    assert!(
+        queries.len() >= 7,
+        "GPU and Triton panel queries: {queries:?}"
+    );
+    let mut failures = vec![];
+    for q in &queries {
+        let res = prom
+            .query(&q.expr)
+            .unwrap_or_else(|e| panic!("{} {}: {e}", q.panel, q.ref_id));
+        let finite = |s: &Json| {
+            s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(f64::is_finite)
+        };
+        if res.is_empty() || !res.iter().all(finite) {
+            failures.push(format!(
+                "{} [{}] no data: {} → {res:?}",
+                q.panel, q.ref_id, q.expr
+            ));
+        }
+        for s in &res {
+            let m = &s["metric"];
+            if m.get("model").is_some_and(|v| v == "other-model")
+                || m.get("service")
+                    .is_some_and(|v| v.as_str() == Some(other.as_str()))
+                || m.get("exported_pod")
+                    .and_then(Json::as_str)
+                    .is_some_and(|p| !p.starts_with(&format!("{riva}-")))
+            {
+                failures.push(format!(
+                    "{} [{}] reads another pipeline's series: {m}",
+                    q.panel, q.ref_id
+                ));
+            }
+        }
+        if q.panel == "GPU memory used" {
+            // 60000 MiB used of 60000 + 21000 on this pipeline's GPU 0.
+            let v: f64 = res
+                .first()
+                .and_then(|s| s["value"][1].as_str()?.parse().ok())
+                .unwrap_or(0.0);
+            assert!(
+                (v - 6_000_000.0 / 81_000.0).abs() < 0.01,
+                "GPU memory used: {v}"
+            );
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // The Riva variable lists this pipeline's Riva Service.
+    let def = d["templating"]["list"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|v| v["name"] == "riva")
+        .and_then(|v| v["definition"].as_str())
+        .expect("riva variable")
+        .to_string();
+    let sel = substitute(
+        def.strip_prefix("label_values(")
+            .and_then(|s| s.strip_suffix(", service)"))
+            .expect("label_values(selector, service)"),
+        &values,
+        "1m",
+    );
+    let res = prom
+        .query(&format!("group by (service) ({sel})"))
+        .expect("variable query");
+    let services: Vec<&str> = res
+        .iter()
+        .filter_map(|s| s["metric"]["service"].as_str())
+        .collect();
+    assert!(
+        services.contains(&riva.as_str()),
+        "riva variable: {services:?}"
+    );
 }
