@@ -6,6 +6,8 @@ set -euo pipefail
 need=()
 command -v openssl >/dev/null || need+=(openssl)
 command -v flock >/dev/null || need+=(util-linux)
+# objdump: the container image test reads the glibc versions the binaries need.
+command -v objdump >/dev/null || need+=(binutils)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v lua5.1 >/dev/null || need+=(lua5.1)
 lua5.1 -e 'require("cjson")' 2>/dev/null || need+=(lua-cjson)

@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub mod processes;
+
 use anyhow::{Context as _, bail};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
