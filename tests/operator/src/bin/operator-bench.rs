@@ -371,6 +371,8 @@ struct Run {
     scale_parts: Vec<String>,
     own_writes: f64,
     own_events: f64,
+    reconciles: f64,
+    skipped: f64,
     events: BTreeMap<String, usize>,
     steady_reqs: f64,
     steady_parts: Vec<String>,
@@ -473,6 +475,8 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     let (cpu0, _) = proc_stat(pid);
     let req0 = apiserver_requests(plane);
     let writes0 = operator_metric(&admin, "voice_operator_api_writes_total").await;
+    let reconciles0 = operator_metric(&admin, "voice_operator_reconciles_total").await;
+    let skipped0 = operator_metric(&admin, "voice_operator_apply_skipped_total").await;
     let events0 = operator_metric(&admin, "voice_operator_api_writes_total{kind=\"Event\"").await;
     let api: Api<VoicePipeline> = Api::namespaced(client.clone(), "bench-scale");
     let t0 = Instant::now();
@@ -519,6 +523,8 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     let (cpu1, _) = proc_stat(pid);
     let req1 = apiserver_requests(plane);
     let writes1 = operator_metric(&admin, "voice_operator_api_writes_total").await;
+    let reconciles1 = operator_metric(&admin, "voice_operator_reconciles_total").await;
+    let skipped1 = operator_metric(&admin, "voice_operator_apply_skipped_total").await;
     let events1 = operator_metric(&admin, "voice_operator_api_writes_total{kind=\"Event\"").await;
     let (scale_reqs, scale_parts) = operator_requests(&delta(&req0, &req1));
     let events = events_by_reporter(&client, "bench-scale").await;
@@ -554,6 +560,8 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
         scale_parts,
         own_writes: (writes1 - writes0) / n,
         own_events: events1 - events0,
+        reconciles: (reconciles1 - reconciles0) / n,
+        skipped: (skipped1 - skipped0) / n,
         events,
         steady_reqs: steady_reqs * per_min,
         steady_parts,
@@ -655,6 +663,12 @@ fn table(args: &Args, plane_only: &(f64, f64), runs: &[(&str, Run)]) -> String {
     row(
         "operator's own count of writes per pipeline (voice_operator_api_writes_total)".into(),
         &|r| format!("{:.2} (Events: {:.0})", r.own_writes, r.own_events),
+        "",
+    );
+    row(
+        "operator reconciles per pipeline, and applies skipped as unchanged per pipeline (scale run)"
+            .into(),
+        &|r| format!("{:.2} reconciles, {:.2} applies skipped", r.reconciles, r.skipped),
         "",
     );
     row(
