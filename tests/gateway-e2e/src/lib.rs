@@ -2,17 +2,16 @@
 //! 127.0.0.1 with free ports (killed on drop), talks to the gateway over gRPC and scrapes its
 //! admin port over plain HTTP/1.0.
 //!
-//! Binaries come from `VOICE_GATEWAY_BIN` / `VOICE_SIM_BIN` / `VOICE_CLIENT_BIN` (default: next to
-//! the sim), or are built with cargo into the target directory of this test (one `cargo build`
-//! per test binary run).
+//! Binaries, processes, ports and the simulator come from `test_support::processes`
+//! (`VOICE_BINS_DIR`, or `VOICE_GATEWAY_BIN` / `VOICE_SIM_BIN` / `VOICE_CLIENT_BIN`, or one
+//! `cargo build` per test binary run).
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+pub use test_support::processes::{Proc, Sim, bins, free_port, http_get};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use voice_proto::voice::voice_gateway_client::VoiceGatewayClient;
@@ -21,127 +20,14 @@ use voice_proto::voice::{
     server_message::Content,
 };
 
-fn build_once() -> &'static (PathBuf, PathBuf, PathBuf) {
-    static BINS: OnceLock<(PathBuf, PathBuf, PathBuf)> = OnceLock::new();
-    BINS.get_or_init(|| {
-        let from_env = |v: &str| std::env::var_os(v).map(PathBuf::from);
-        if let (Some(g), Some(s)) = (from_env("VOICE_GATEWAY_BIN"), from_env("VOICE_SIM_BIN")) {
-            let c =
-                from_env("VOICE_CLIENT_BIN").unwrap_or_else(|| s.with_file_name("voice-client"));
-            return (g, s, c);
-        }
-        // <target>/<profile>/deps/<this test> → <target>/<profile>/
-        let exe = std::env::current_exe().expect("current_exe");
-        let dir = exe
-            .parent()
-            .and_then(|d| d.parent())
-            .expect("target dir")
-            .to_path_buf();
-        let profile_release = dir.file_name().is_some_and(|n| n == "release");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "voice-gateway",
-            "-p",
-            "voice-sim",
-            "-p",
-            "voice-client",
-            "--bin",
-            "voice-gateway",
-            "--bin",
-            "voice-sim",
-            "--bin",
-            "voice-client",
-        ]);
-        if profile_release {
-            cmd.arg("--release");
-        }
-        if let Some(target) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let st = cmd.status().expect("run cargo build");
-        assert!(
-            st.success(),
-            "cargo build of voice-gateway, voice-sim and voice-client failed"
-        );
-        (
-            dir.join("voice-gateway"),
-            dir.join("voice-sim"),
-            dir.join("voice-client"),
-        )
-    })
-}
-
 /// The `voice-sim` binary (for its `speak` subcommand).
 pub fn sim_bin() -> &'static PathBuf {
-    &build_once().1
+    &bins().sim
 }
 
 /// The `voice-client` binary.
 pub fn client_bin() -> &'static PathBuf {
-    &build_once().2
-}
-
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A child process killed when dropped.
-#[derive(Debug)]
-pub struct Proc(pub Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running simulator.
-#[derive(Debug)]
-pub struct Sim {
-    /// Process.
-    pub proc: Proc,
-    /// Riva gRPC address.
-    pub riva: String,
-    /// LLM HTTP address.
-    pub llm: String,
-}
-
-impl Sim {
-    /// Starts `voice-sim` with extra arguments (profile, faults …).
-    pub fn start(args: &[&str]) -> anyhow::Result<Self> {
-        let (_, sim, _) = build_once();
-        let mut child = Command::new(sim)
-            .args(["--riva-addr", "127.0.0.1:0", "--llm-addr", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {}", sim.display()))?;
-        let stdout = child.stdout.take().context("sim stdout")?;
-        let proc = Proc(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .map(str::to_string)
-                .with_context(|| format!("no {k} in {line:?}"))
-        };
-        Ok(Self {
-            riva: field("riva=")?,
-            llm: field("llm=")?,
-            proc,
-        })
-    }
+    &bins().client
 }
 
 /// A running gateway.
@@ -159,7 +45,7 @@ impl Gateway {
     /// Starts `voice-gateway` against `riva` and `llm` (host:port) with extra env vars, and waits
     /// until `/livez` answers (not `/readyz`: some tests start it against dead backends).
     pub fn start(riva: &str, llm: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let (gw, _, _) = build_once();
+        let gw = &bins().gateway;
         let grpc_port = free_port();
         let admin_port = free_port();
         let child = Command::new(gw)
@@ -241,24 +127,6 @@ impl Gateway {
         anyhow::ensure!(st.success(), "kill -TERM failed");
         Ok(())
     }
-}
-
-fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("bad HTTP status line")?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// Scraped metrics text.

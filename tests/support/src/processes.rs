@@ -26,7 +26,10 @@ pub struct Bins {
     pub client: PathBuf,
 }
 
-/// Builds the binaries once per test process (cargo is a no-op when they are fresh).
+/// The binaries: prebuilt ones from `VOICE_BINS_DIR` (as `make test` passes), or from
+/// `VOICE_GATEWAY_BIN` and `VOICE_SIM_BIN` (the others beside them, unless
+/// `VOICE_OPERATOR_BIN` / `VOICE_CLIENT_BIN` say otherwise); else built once per test process
+/// into this test's target directory (cargo is a no-op when they are fresh).
 pub fn bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
@@ -39,6 +42,19 @@ pub fn bins() -> &'static Bins {
         // Prebuilt binaries (CI): no cargo build.
         if let Some(dir) = std::env::var_os("VOICE_BINS_DIR") {
             return at(Path::new(&dir));
+        }
+        let from_env = |v: &str| std::env::var_os(v).map(PathBuf::from);
+        if let (Some(gateway), Some(sim)) =
+            (from_env("VOICE_GATEWAY_BIN"), from_env("VOICE_SIM_BIN"))
+        {
+            return Bins {
+                operator: from_env("VOICE_OPERATOR_BIN")
+                    .unwrap_or_else(|| gateway.with_file_name("voice-operator")),
+                client: from_env("VOICE_CLIENT_BIN")
+                    .unwrap_or_else(|| sim.with_file_name("voice-client")),
+                gateway,
+                sim,
+            };
         }
         // <target>/<profile>/deps/<this test> → <target>/<profile>/
         let exe = std::env::current_exe().expect("current_exe");
