@@ -51,11 +51,22 @@ wait_http() { # URL NAME: until it answers 200, or the process died
 step "system packages (apt, only what is missing)"
 quiet deps env DEMO=1 "$root/tools/deps.sh"
 
-step "building voice-operator, voice-gateway, voice-sim, voice-client (first time: a few minutes)"
-loud build cargo build --locked -p voice-operator -p voice-gateway -p voice-sim -p voice-client --bins
+step "building voice-operator, voice-gateway, voice-sim, voice-client (in the background, beside step 3)"
+# Both builds have serial stretches (linking, the largest crates and packages); side by side
+# they keep the two cores busier than one after the other.
+cargo build --locked -p voice-operator -p voice-gateway -p voice-sim -p voice-client --bins \
+  >"$demo/logs/build.log" 2>&1 &
+cargo_pid=$!
+echo "cargo build started; its log: $demo/logs/build.log"
 
-step "local Kubernetes control plane (first time: builds it from upstream, ~20 minutes)"
+step "local Kubernetes control plane (first time: builds it from upstream, 10-20 minutes), then the cargo build"
 loud cluster "$root/tests/plane/up.sh"
+while kill -0 "$cargo_pid" 2>/dev/null; do
+  echo ">> cargo: $(grep -E '^ *(Compiling|Finished|error)' "$demo/logs/build.log" | tail -n 1 | sed 's/^ *//')"
+  sleep 15
+done
+wait "$cargo_pid" || failed build "$demo/logs/build.log"
+tail -n 1 "$demo/logs/build.log"
 kubectl() { "$root/.cluster/bin/kubectl" "$@"; }
 
 step "installing the VoicePipeline CRD"
