@@ -15,7 +15,9 @@
 //! Deployment controller's `deployment.kubernetes.io/revision`, an admission webhook's) is not
 //! drift, since server-side apply would leave it in place anyway, and counting it cost one
 //! no-op apply per Deployment after its first rollout. Objects outside the watch caches (a
-//! dashboard in a namespace not watched) are re-applied at most every [`UNCACHED_RESYNC`].
+//! dashboard in a namespace that is neither watched nor given as a dashboard namespace, see
+//! [`crate::controller::RunConfig::dashboard_namespaces`]) are re-applied at most every
+//! [`UNCACHED_RESYNC`].
 
 use std::collections::HashMap;
 use std::fmt::Debug;

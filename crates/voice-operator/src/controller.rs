@@ -52,6 +52,11 @@ use crate::status::{self, Observed, Outcome, PassError, Rollout};
 pub struct RunConfig {
     /// Namespaces to watch; empty: all namespaces.
     pub namespaces: Vec<String>,
+    /// Further namespaces whose operator-labelled ConfigMaps are watched: where pipelines put
+    /// their dashboards (`spec.observability.dashboards.namespace`). A dashboard there is then
+    /// drift-checked from the watch like any child, instead of re-applied every
+    /// [`crate::apply::UNCACHED_RESYNC`]. Not needed when watching all namespaces.
+    pub dashboard_namespaces: Vec<String>,
     /// Admin address (`/metrics`, `/livez`, `/readyz`); port 0 picks a free one.
     pub admin_addr: SocketAddr,
     /// Most pipelines reconciled at once.
@@ -101,6 +106,22 @@ pub struct Stores {
     pub service_monitors: Store<ServiceMonitor>,
     /// PrometheusRules (empty until the CRD is served).
     pub prometheus_rules: Store<PrometheusRule>,
+    /// `config_maps` holds every namespace's (the operator watches all namespaces).
+    pub all_namespaces: bool,
+    /// Dashboard ConfigMaps in [`RunConfig::dashboard_namespaces`], by namespace; shared by
+    /// every namespace's controller.
+    pub dashboards: Arc<HashMap<String, Store<ConfigMap>>>,
+}
+
+impl Stores {
+    /// The cache that holds operator-labelled ConfigMaps of `namespace`, if one does.
+    fn config_maps_of(&self, namespace: &str, own: &str) -> Option<&Store<ConfigMap>> {
+        if namespace == own || self.all_namespaces {
+            Some(&self.config_maps)
+        } else {
+            self.dashboards.get(namespace)
+        }
+    }
 }
 
 /// What every reconcile shares.
@@ -474,8 +495,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         let mut placed = None;
         if let Some(d) = &dashboard {
             let dns = d.namespace().unwrap_or_default();
-            let cache = (dns == ns).then_some(&s.config_maps);
-            a.apply(d, "dashboards", cache).await?;
+            a.apply(d, "dashboards", s.config_maps_of(&dns, ns)).await?;
             if dns == ns {
                 keep.push(dash_name.as_str());
             }
@@ -850,6 +870,37 @@ where
     (reader, gated)
 }
 
+/// Drives a dashboard namespace's watch (which fills its cache) and hands each touched
+/// dashboard to the controller of its pipeline's namespace; dashboards of pipelines this
+/// operator does not watch are dropped.
+async fn route_dashboards(
+    stream: impl Stream<Item = Result<ConfigMap, watcher::Error>>,
+    routes: Vec<(
+        Option<String>,
+        tokio::sync::mpsc::UnboundedSender<ConfigMap>,
+    )>,
+) {
+    let mut stream = std::pin::pin!(stream);
+    while let Some(item) = stream.next().await {
+        let cm = match item {
+            Ok(cm) => cm,
+            Err(e) => {
+                tracing::warn!(error = %e, "dashboard watch");
+                continue;
+            }
+        };
+        let Some(pipeline_ns) = owner_of(&cm).and_then(|r| r.namespace) else {
+            continue;
+        };
+        if let Some((_, tx)) = routes
+            .iter()
+            .find(|(scope, _)| scope.as_ref().is_none_or(|s| *s == pipeline_ns))
+        {
+            let _ = tx.send(cm);
+        }
+    }
+}
+
 /// The pipeline a child belongs to, from the operator's labels.
 fn owner_of<K: Resource>(o: &K) -> Option<ObjectRef<DeserializeGuard<VoicePipeline>>> {
     let l = o.labels();
@@ -994,6 +1045,25 @@ pub async fn run_on(
     } else {
         cfg.namespaces.iter().cloned().map(Some).collect()
     };
+    // Dashboard namespaces outside the watched ones: one watch each, shared by the controllers;
+    // a touched dashboard is routed to the controller of its pipeline's namespace.
+    let mut dashboard_stores = HashMap::new();
+    let mut dashboard_streams = vec![];
+    if !cfg.namespaces.is_empty() {
+        for dns in &cfg.dashboard_namespaces {
+            if cfg.namespaces.contains(dns) || dashboard_stores.contains_key(dns) {
+                continue;
+            }
+            let (store, stream) = reflect::<ConfigMap>(&client, Some(dns));
+            dashboard_stores.insert(dns.clone(), store);
+            dashboard_streams.push(stream);
+        }
+    }
+    let dashboard_stores = Arc::new(dashboard_stores);
+    let mut dashboard_routes: Vec<(
+        Option<String>,
+        tokio::sync::mpsc::UnboundedSender<ConfigMap>,
+    )> = vec![];
     let mut reconcile_all_txs = vec![];
     let mut controllers = vec![];
     let synced_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -1015,6 +1085,8 @@ pub async fn run_on(
             config_maps,
             service_monitors,
             prometheus_rules,
+            all_namespaces: ns.is_none(),
+            dashboards: dashboard_stores.clone(),
         };
         let ctx = Arc::new(Context {
             client: client.clone(),
@@ -1031,6 +1103,10 @@ pub async fn run_on(
             Some(ns) => Api::namespaced(client.clone(), ns),
             None => Api::all(client.clone()),
         };
+        let (dash_tx, mut dash_rx) = tokio::sync::mpsc::unbounded_channel::<ConfigMap>();
+        dashboard_routes.push((scope.clone(), dash_tx));
+        let dash_stream =
+            futures::stream::poll_fn(move |cx| dash_rx.poll_recv(cx)).map(Ok::<_, watcher::Error>);
         let (all_tx, mut all_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         reconcile_all_txs.push(all_tx);
         let all_stream = futures::stream::poll_fn(move |cx| all_rx.poll_recv(cx));
@@ -1048,6 +1124,7 @@ pub async fn run_on(
             .watches_stream(cm_stream, |o| owner_of(&o))
             .watches_stream(sm_stream, |o| owner_of(&o))
             .watches_stream(pr_stream, |o| owner_of(&o))
+            .watches_stream(dash_stream, |o| owner_of(&o))
             .reconcile_all_on(all_stream)
             .graceful_shutdown_on(wait_stop(stop_rx.clone()));
         let store = controller.store();
@@ -1086,6 +1163,14 @@ pub async fn run_on(
                 }),
         );
     }
+    let dashboard_tasks: Vec<_> = dashboard_streams
+        .into_iter()
+        .map(|stream| {
+            let routes = dashboard_routes.clone();
+            tokio::spawn(route_dashboards(stream, routes))
+        })
+        .collect();
+    drop(dashboard_routes);
     // The pipeline gauges, over every watched namespace.
     let gauges = {
         let metrics = metrics.clone();
@@ -1121,6 +1206,9 @@ pub async fn run_on(
     futures::future::join_all(controllers).await;
     poller.abort();
     gauges.abort();
+    for t in dashboard_tasks {
+        t.abort();
+    }
     metrics.set_pipelines([]);
     health.stopped.store(true, Ordering::Relaxed);
     metrics.leader.set(0);

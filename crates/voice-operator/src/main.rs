@@ -40,6 +40,16 @@ struct RunArgs {
     /// Namespaces to watch (repeat or comma-separate); empty: all namespaces.
     #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
     namespaces: Vec<String>,
+    /// With --namespace: further namespaces where pipelines put dashboards
+    /// (spec.observability.dashboards.namespace). The operator watches its ConfigMaps there, so
+    /// a changed or deleted dashboard is restored at once rather than at the next 10-minute
+    /// resync. Needs list and watch on configmaps there (Helm: dashboardNamespaces).
+    #[arg(
+        long = "dashboard-namespace",
+        env = "DASHBOARD_NAMESPACES",
+        value_delimiter = ','
+    )]
+    dashboard_namespaces: Vec<String>,
     /// Address of /metrics, /livez and /readyz.
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8081")]
     admin_addr: SocketAddr,
@@ -130,6 +140,11 @@ async fn run_operator(args: RunArgs) -> anyhow::Result<()> {
     let cfg = RunConfig {
         namespaces: args
             .namespaces
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect(),
+        dashboard_namespaces: args
+            .dashboard_namespaces
             .into_iter()
             .filter(|n| !n.is_empty())
             .collect(),

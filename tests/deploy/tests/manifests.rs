@@ -229,6 +229,13 @@ fn a_scoped_chart_has_no_cluster_wide_rights() {
         .find(|e| e["name"].as_str() == Some("WATCH_NAMESPACE"))
         .expect("WATCH_NAMESPACE");
     assert_eq!(watch["value"].as_str(), Some("team-a,team-b"));
+    let dashboards = env
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"].as_str() == Some("DASHBOARD_NAMESPACES"))
+        .expect("DASHBOARD_NAMESPACES");
+    assert_eq!(dashboards["value"].as_str(), Some("grafana"));
 }
 
 #[test]

@@ -143,10 +143,21 @@ impl Operator {
         namespaces: &[&str],
         leader: Option<LeaderElection>,
     ) -> Self {
+        Self::start_full(client, namespaces, &[], leader).await
+    }
+
+    /// Starts an operator that also watches the dashboards in `dashboard_namespaces`.
+    pub async fn start_full(
+        client: Client,
+        namespaces: &[&str],
+        dashboard_namespaces: &[&str],
+        leader: Option<LeaderElection>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let cfg = RunConfig {
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            dashboard_namespaces: dashboard_namespaces.iter().map(|s| s.to_string()).collect(),
             admin_addr: admin,
             concurrency: 4,
             leader_election: leader,

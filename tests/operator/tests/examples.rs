@@ -67,7 +67,8 @@ async fn apply_example(
     let plane = plane();
     let ns = plane.namespace(prefix).await;
     ensure_namespace(&ns.client, "grafana").await;
-    let op = Operator::start(ns.client.clone(), &[&ns.name]).await;
+    // Like the Helm chart with dashboardNamespaces: [grafana].
+    let op = Operator::start_full(ns.client.clone(), &[&ns.name], &["grafana"], None).await;
     let yaml = example(file);
     if yaml.contains("kind: PersistentVolumeClaim") {
         bind_volume(plane, &ns.name, "riva-models");
@@ -227,6 +228,20 @@ async fn external_riva_example_puts_dashboards_elsewhere_and_cleans_them_on_dele
         cm.owner_references().is_empty(),
         "no owner reference across namespaces"
     );
+    // Watched there (dashboard namespace): a deleted dashboard is back within seconds, not at
+    // the next resync.
+    grafana
+        .delete(&dash, &DeleteParams::default())
+        .await
+        .unwrap();
+    test_support::eventually(Duration::from_secs(15), || async {
+        grafana
+            .get_opt(&dash)
+            .await
+            .unwrap()
+            .filter(|c| c.uid() != cm.uid())
+    })
+    .await;
     // The gateway reads its API key from the Secret reference.
     let d: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
     let gw = d.get(&format!("{name}-gateway")).await.unwrap();
