@@ -222,20 +222,17 @@ fn a_scoped_chart_has_no_cluster_wide_rights() {
         assert!(namespaces.contains(&ns), "no Role in {ns}: {namespaces:?}");
     }
     let env = &of_kind(&docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
-    let watch = env
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"].as_str() == Some("WATCH_NAMESPACE"))
-        .expect("WATCH_NAMESPACE");
-    assert_eq!(watch["value"].as_str(), Some("team-a,team-b"));
-    let dashboards = env
-        .as_sequence()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"].as_str() == Some("DASHBOARD_NAMESPACES"))
-        .expect("DASHBOARD_NAMESPACES");
-    assert_eq!(dashboards["value"].as_str(), Some("grafana"));
+    let value = |name: &str| {
+        env.as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name}"))["value"]
+            .as_str()
+            .map(String::from)
+    };
+    assert_eq!(value("WATCH_NAMESPACE").as_deref(), Some("team-a,team-b"));
+    assert_eq!(value("DASHBOARD_NAMESPACES").as_deref(), Some("grafana"));
 }
 
 #[test]
