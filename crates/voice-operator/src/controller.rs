@@ -1158,6 +1158,11 @@ pub async fn run_on(
                     match res {
                         Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
                         Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                        // A child's event after its pipeline was deleted (garbage collection):
+                        // nothing to do.
+                        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                            tracing::debug!(object = %obj, "pipeline gone; child event ignored")
+                        }
                         Err(e) => tracing::warn!(error = %e, "controller"),
                     }
                 }),
