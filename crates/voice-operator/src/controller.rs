@@ -1028,6 +1028,9 @@ pub async fn run_on(
             e.hold().await;
             let _ = stop_tx.send(true);
         }));
+    } else {
+        // Without leader election this replica leads by configuration (one replica).
+        metrics.leader.set(1);
     }
 
     let reporter = Reporter {

@@ -50,7 +50,8 @@ pub struct Metrics {
     pub writes: Family<WriteLabels, Counter>,
     /// Applies skipped because the cached child already matched (`voice_operator_apply_skipped_total`).
     pub skipped: Counter,
-    /// 1 while this replica holds the leader Lease (`voice_operator_leader`).
+    /// 1 while this replica leads: it holds the leader Lease, or runs without leader election
+    /// (`voice_operator_leader`).
     pub leader: Gauge,
     /// Pipelines in the watch caches (`voice_operator_pipelines`).
     pub pipelines: Gauge,

@@ -45,6 +45,10 @@ async fn spec_change_rolls_out_drift_is_undone_and_disabled_children_go() {
     let deployments: Api<Deployment> = Api::namespaced(c.clone(), &ns.name);
     let before = deployments.get("demo-gateway").await.unwrap();
 
+    // Without leader election this replica leads by configuration (VoiceOperatorNoLeader stays
+    // silent for a single-replica install).
+    assert_eq!(op.metric("voice_operator_leader").await, 1.0);
+
     // Steady state: nothing is written, neither children nor status.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes = op.metric("voice_operator_api_writes_total").await;
