@@ -71,7 +71,11 @@ kubectl() { "$root/.cluster/bin/kubectl" "$@"; }
 
 step "installing the VoicePipeline CRD"
 quiet crds kubectl apply --server-side -f "$root/crds/"
-quiet crds-wait kubectl wait --for=condition=Established --timeout=60s crd/voicepipelines.voice.workflow.io
+# Retried: kubectl wait fails at once on a CRD whose status.conditions is still null.
+quiet crds-wait bash -c 'for _ in $(seq 1 60); do
+  "$0" wait --for=condition=Established --timeout=60s crd/voicepipelines.voice.workflow.io && exit 0
+  sleep 1
+done; exit 1' "$root/.cluster/bin/kubectl"
 
 step "starting the operator"
 admin_port=$(free_port)

@@ -16,6 +16,12 @@ for kind in servicemonitors podmonitors prometheusrules; do
   crds+=(-f "$src/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml")
 done
 "${KUBECTL:-kubectl}" --kubeconfig "$kubeconfig" apply --server-side --field-manager=voice-local-plane "${crds[@]}"
-"${KUBECTL:-kubectl}" --kubeconfig "$kubeconfig" wait --for=condition=Established --timeout=60s \
-  crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com \
-  crd/prometheusrules.monitoring.coreos.com
+# kubectl wait fails at once ("accessor error: <nil>") on a CRD whose status.conditions is
+# still null, so it is retried until the CRDs are Established or 60 s have passed.
+for attempt in $(seq 1 60); do
+  "${KUBECTL:-kubectl}" --kubeconfig "$kubeconfig" wait --for=condition=Established --timeout=60s \
+    crd/servicemonitors.monitoring.coreos.com crd/podmonitors.monitoring.coreos.com \
+    crd/prometheusrules.monitoring.coreos.com && break
+  [ "$attempt" = 60 ] && exit 1
+  sleep 1
+done

@@ -117,14 +117,7 @@ fn install_crd(plane: &Plane) {
     ])
     .arg(repo_root().join("crds"));
     succeed(cmd, None);
-    let mut wait = plane.kubectl();
-    wait.args([
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/voicepipelines.voice.workflow.io",
-    ]);
-    succeed(wait, None);
+    plane.wait_crd_established("voicepipelines.voice.workflow.io");
 }
 
 fn yaml_files(dir: &Path) -> Vec<PathBuf> {

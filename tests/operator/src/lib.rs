@@ -39,21 +39,7 @@ pub fn install_crd(plane: &Plane) {
         "installing the CRD: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = plane
-        .kubectl()
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/voicepipelines.voice.workflow.io",
-        ])
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "CRD not established: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    plane.wait_crd_established("voicepipelines.voice.workflow.io");
 }
 
 /// Creates namespace `name` if it does not exist (shared namespaces such as `grafana`).

@@ -48,13 +48,7 @@ async fn malformed_pipeline_is_reported_and_skipped_and_the_watch_goes_on() {
     // Stored under the loose CRD: `llm` must be an object with a URL.
     let out = kubectl_apply(&plane, &ns.name, &loose_crd());
     assert!(out.status.success(), "loose CRD: {out:?}");
-    let wait = plane.kubectl_output(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/voicepipelines.voice.workflow.io",
-    ]);
-    assert!(wait.status.success(), "{wait:?}");
+    plane.wait_crd_established("voicepipelines.voice.workflow.io");
     let bad = "apiVersion: voice.workflow.io/v1alpha1\nkind: VoicePipeline\nmetadata: {name: bad}\nspec: {llm: 42}\n";
     // The loose CRD's OpenAPI may take a moment to reach kubectl's discovery: retry.
     eventually(TIMEOUT, || async {

@@ -122,6 +122,31 @@ impl Plane {
         self.kubectl().args(args).output().expect("kubectl runs")
     }
 
+    /// Waits (up to 60 s) until CRD `name` is Established. Polls rather than `kubectl wait`,
+    /// which fails at once with "accessor error: <nil>" on a CRD so new that its
+    /// `status.conditions` is still null.
+    pub fn wait_crd_established(&self, name: &str) {
+        let start = Instant::now();
+        loop {
+            let out = self.kubectl_output(&[
+                "get",
+                &format!("crd/{name}"),
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Established")].status}"#,
+            ]);
+            if out.status.success() && out.stdout == b"True" {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "CRD {name} not Established within 60 s: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// A fresh namespace `PREFIX-<unique>` with its default ServiceAccount in place.
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
