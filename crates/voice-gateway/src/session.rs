@@ -1,34 +1,28 @@
 //! One `StreamAudio` call: a conversation of many turns.
 //!
 //! ```text
-//! client ──audio──► [ASR task] ──transcripts──► session loop ──polls──► turn future
+//! client ──audio──► [ASR task] ──transcripts──► session loop ──spawn──► turn task
 //!                                                   │                    ├─ LLM reader ──sentences (bounded)──┐
 //!                                                   │                    └─ TTS writer ◄──────────────────────┘
 //! client ◄──────────────── bounded outbound queue (tagged by turn; a barge-in drops its turn's entries)
 //! ```
 //!
-//! The session loop owns the state (history, pending turns, ASR stream) and polls the running
-//! turn as one of the things it waits for, so a barge-in stops LLM and TTS at once by dropping
-//! the turn's future. The turn is not a task of its own: at 1,000 streams on 2 busy cores a
-//! newly spawned task waited behind the whole run queue before its first poll, and that wait
-//! was the gateway's own share of the time to first audio (plus a spawn and a join per turn).
-//! The cost: while the loop awaits something else (a full ASR audio queue, a full outbound
-//! queue) the turn is not polled; both queues drain on their own. Inside a turn the LLM
+//! The session loop owns the state (history, pending turns, ASR stream); each turn runs in its
+//! own task so a barge-in can stop LLM and TTS at once by aborting it. Inside a turn the LLM
 //! stream keeps being read while earlier sentences are synthesised; the outbound queue,
 //! the sentence queue and the ASR audio queue are all bounded, so a slow client slows its own
 //! turn and nothing grows without bound.
 
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::FutureExt;
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::{Instrument, debug, info, warn};
@@ -190,9 +184,10 @@ struct Pending {
     asr_ms: f64,
 }
 
+#[derive(Debug)]
 struct Running {
     id: u64,
-    fut: TurnFuture,
+    handle: JoinHandle<Result<String, TurnError>>,
     user: String,
     reply: Arc<Mutex<String>>,
 }
@@ -207,11 +202,7 @@ enum End {
     Quiet,
 }
 
-/// A running turn, polled by the session loop; dropping it stops LLM and TTS.
-type TurnFuture = Pin<Box<dyn Future<Output = TurnResult> + Send>>;
-
-/// A turn's reply text, or its error; `Err` outside when it panicked.
-type TurnResult = Result<Result<String, TurnError>, String>;
+type TurnResult = Result<Result<String, TurnError>, tokio::task::JoinError>;
 
 /// What woke the session loop.
 enum Ev {
@@ -248,18 +239,6 @@ fn malformed(s: &Status) -> Option<Status> {
     let m = s.message();
     (s.code() == tonic::Code::InvalidArgument || m.contains("decode") || m.contains("Decode"))
         .then(|| Status::invalid_argument(format!("malformed ClientMessage: {m}")))
-}
-
-/// Sends a message that belongs to no turn. A free function over the sender (not a method of
-/// `Session`) so the session's future stays `Send` without `Session` being `Sync` (the running
-/// turn's future it holds is not).
-async fn send0(tx: &mpsc::Sender<Out>, c: Content) -> Result<(), End> {
-    tx.send(Out {
-        turn: 0,
-        msg: Ok(ServerMessage { content: Some(c) }),
-    })
-    .await
-    .map_err(|_| End::Quiet)
 }
 
 fn new_session_id() -> String {
@@ -411,11 +390,22 @@ impl Session {
         })
     }
 
+    async fn send0(&self, c: Content) -> Result<(), End> {
+        self.tx
+            .send(Out {
+                turn: 0,
+                msg: Ok(ServerMessage { content: Some(c) }),
+            })
+            .await
+            .map_err(|_| End::Quiet)
+    }
+
     async fn run(mut self, inbound: Streaming<ClientMessage>) {
         info!(language = %self.ctx.language, sample_rate = self.sample_rate, "session started");
         let end = self.main_loop(inbound).await;
-        // A turn still running stops here (its future is dropped).
-        drop(self.current.take());
+        if let Some(r) = self.current.take() {
+            r.handle.abort();
+        }
         match end {
             Ok(()) => info!("session ended"),
             Err(End::Quiet) => info!("client went away"),
@@ -442,25 +432,25 @@ impl Session {
                         .get_or_create(&crate::metrics::Status { status: "error" })
                         .inc();
                     warn!(%stage, error_type, message, "turn failed");
-                    let _ = send0(&self.tx, event(EventType::Error, &e.to_string())).await;
+                    let _ = self.send0(event(EventType::Error, &e.to_string())).await;
                 }
             }
         }
     }
 
     async fn main_loop(&mut self, mut inbound: Streaming<ClientMessage>) -> Result<(), End> {
-        send0(&self.tx, event(EventType::Listening, "Ready")).await?;
+        self.send0(event(EventType::Listening, "Ready")).await?;
         let mut drain = self.ctx.shared.drain.clone();
         loop {
             let asr_open = self.asr_events.is_some();
             let has_turn = self.current.is_some();
             let asr_done = self.input_closed && !asr_open;
             if (self.draining || asr_done) && self.current.is_none() && self.pending.is_empty() {
-                send0(&self.tx, event(EventType::EndOfTurn, "")).await?;
+                self.send0(event(EventType::EndOfTurn, "")).await?;
                 return Ok(());
             }
             let deadline = self.asr_deadline;
-            let running = self.current.as_mut().map(|r| r.fut.as_mut());
+            let running = self.current.as_mut().map(|r| &mut r.handle);
             let asr_events = self.asr_events.as_mut();
             let input_closed = self.input_closed;
             let draining = self.draining;
@@ -609,7 +599,7 @@ impl Session {
         };
         if !ev.is_final {
             if !ev.text.is_empty() {
-                send0(&self.tx, Content::TranscriptChunk(ev.text)).await?;
+                self.send0(Content::TranscriptChunk(ev.text)).await?;
             }
             return Ok(());
         }
@@ -623,7 +613,7 @@ impl Session {
             return Ok(());
         }
         info!(transcript = %text, asr_ms = asr.map(|d| d.as_secs_f64() * 1e3), "final transcript");
-        send0(&self.tx, Content::TranscriptChunk(text.clone())).await?;
+        self.send0(Content::TranscriptChunk(text.clone())).await?;
         if !self.draining {
             self.enqueue(Pending {
                 text,
@@ -676,19 +666,10 @@ impl Session {
             p.asr_ms,
             reply.clone(),
         );
-        let fut = AssertUnwindSafe(fut.instrument(tracing::info_span!("turn", turn = id)))
-            .catch_unwind()
-            .map(|r| {
-                r.map_err(|p| {
-                    p.downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| p.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "panic".into())
-                })
-            });
+        let handle = tokio::spawn(fut.instrument(tracing::info_span!("turn", turn = id)));
         self.current = Some(Running {
             id,
-            fut: Box::pin(fut),
+            handle,
             user: p.text,
             reply,
         });
@@ -724,16 +705,16 @@ impl Session {
                     .get_or_create(&crate::metrics::Status { status: "success" })
                     .inc();
                 self.remember(running.user, reply);
-                send0(&self.tx, event(EventType::Listening, "")).await?;
+                self.send0(event(EventType::Listening, "")).await?;
                 self.maybe_start();
                 Ok(())
             }
             Ok(Err(TurnError::ClientGone)) => Err(End::Quiet),
             Ok(Err(e)) => Err(End::Failed(e)),
-            Err(panic) => Err(End::Failed(TurnError::backend(
+            Err(j) => Err(End::Failed(TurnError::backend(
                 Stage::Llm,
                 "internal",
-                format!("turn failed: {panic}"),
+                format!("turn task failed: {j}"),
             ))),
         }
     }
@@ -743,15 +724,9 @@ impl Session {
             debug!("barge-in with no reply in progress");
             return Ok(());
         };
-        let Running {
-            id,
-            fut,
-            user,
-            reply,
-        } = r;
-        drop(fut); // LLM and TTS stop here
+        r.handle.abort();
         // Everything this turn queued for the client is dropped from here on.
-        self.floor.store(id + 1, Ordering::Release);
+        self.floor.store(r.id + 1, Ordering::Release);
         // A barged-in turn counts as a success: no backend failed, the gateway stopped as asked.
         // (requests_total has only success/error; the seed's dashboards divide error by total.)
         let m = &self.ctx.shared.metrics;
@@ -759,11 +734,12 @@ impl Session {
         m.requests
             .get_or_create(&crate::metrics::Status { status: "success" })
             .inc();
-        let partial = reply.lock().map(|s| s.clone()).unwrap_or_default();
-        info!(turn = id, spoken_chars = partial.len(), "barge-in");
-        self.remember(user, partial);
+        let partial = r.reply.lock().map(|s| s.clone()).unwrap_or_default();
+        info!(turn = r.id, spoken_chars = partial.len(), "barge-in");
+        self.remember(r.user, partial);
         self.pending.clear();
-        send0(&self.tx, event(EventType::Listening, "Interrupted")).await?;
+        self.send0(event(EventType::Listening, "Interrupted"))
+            .await?;
         Ok(())
     }
 }
