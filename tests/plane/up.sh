@@ -120,6 +120,8 @@ launch() {
 }
 # kwok renews node leases, but on 2 busy cores a heartbeat can be late: a long node grace
 # period keeps the node lifecycle controller from marking every pod not ready under load.
+# Under the 1,000-pod storm of the operator benchmark kwok renewed no node for over 5 minutes:
+# the benchmark sets VOICE_PLANE_NODE_GRACE=1h.
 # High client QPS: thousands of pipelines make thousands of ReplicaSets and Pods, and the
 # default 20 requests/s would measure the plane's throttling instead of the operator.
 qps=(--kube-api-qps=500 --kube-api-burst=1000)
@@ -155,7 +157,7 @@ done
 launch kube-controller-manager --kubeconfig="$kubeconfig" --leader-elect=false --secure-port=0 \
   --service-account-private-key-file="$pki/sa.key" --root-ca-file="$pki/ca.crt" \
   --use-service-account-credentials=false \
-  --node-monitor-grace-period=5m \
+  --node-monitor-grace-period="${VOICE_PLANE_NODE_GRACE:-5m}" \
   --concurrent-deployment-syncs=20 --concurrent-replicaset-syncs=20 --concurrent-gc-syncs=40 \
   "${qps[@]}"
 
@@ -172,8 +174,20 @@ EOF
 launch kube-scheduler --config="$dir/scheduler.yaml" --bind-address=127.0.0.1 \
   --secure-port="$scheduler_port"
 
+# kwok plays each pod's stages (scheduled → running → ready) with 4 workers by default;
+# VOICE_PLANE_KWOK_PARALLELISM changes that (the operator benchmark sets 32; tests keep 4).
+kwok_config=()
+if [ -n "${VOICE_PLANE_KWOK_PARALLELISM:-}" ]; then
+  cat > "$dir/kwok.yaml" <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  podPlayStageParallelism: $VOICE_PLANE_KWOK_PARALLELISM
+EOF
+  kwok_config=(--config="$dir/kwok.yaml")
+fi
 launch kwok --kubeconfig="$kubeconfig" --manage-all-nodes=true \
-  --server-address="127.0.0.1:$kwok_port" --node-ip=127.0.0.1
+  --server-address="127.0.0.1:$kwok_port" --node-ip=127.0.0.1 "${kwok_config[@]}"
 
 # --- nodes ----------------------------------------------------------------------------------
 kc apply --server-side --field-manager=voice-local-plane -f "$here/nodes.yaml" >/dev/null \
