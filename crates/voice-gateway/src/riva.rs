@@ -53,6 +53,14 @@ impl Interceptor for Metadata {
 
 type Svc = InterceptedService<Channel, Metadata>;
 
+/// HTTP/2 flow-control window of one Riva call (bytes): what a stalled stream can hold unread.
+const RIVA_STREAM_WINDOW: u32 = 256 << 10;
+/// HTTP/2 flow-control window of the connection to Riva: the protocol's maximum, 2^31 - 1.
+const RIVA_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+// Stalled streams cannot exhaust the connection window: at the default maximum of 1,000
+// concurrent client streams, each with an ASR and a TTS call open, it still has room.
+const _: () = assert!(RIVA_CONNECTION_WINDOW as u64 >= 2 * 1000 * RIVA_STREAM_WINDOW as u64);
+
 /// Riva ASR + TTS + health over one channel.
 #[derive(Debug, Clone)]
 pub struct Riva {
@@ -92,8 +100,15 @@ impl Riva {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
-            .initial_stream_window_size(Some(1 << 20))
-            .initial_connection_window_size(Some(16 << 20));
+            // Every stream shares one HTTP/2 connection to Riva. A stream whose client stops
+            // reading stops reading its TTS response, and the data Riva already sent holds
+            // connection window until it is read: with a connection window smaller than the
+            // streams' windows together, a few stalled clients would stall TTS for everyone.
+            // So the connection window is HTTP/2's maximum (it never binds before the streams'
+            // own do), and each stream may hold at most 256 KiB (~6 s of 22 kHz audio; far
+            // more than a fast link needs) unread: that is the memory bound per stalled stream.
+            .initial_stream_window_size(Some(RIVA_STREAM_WINDOW))
+            .initial_connection_window_size(Some(RIVA_CONNECTION_WINDOW));
         if tls {
             ep = ep.tls_config(ClientTlsConfig::new().with_webpki_roots())?;
         }
