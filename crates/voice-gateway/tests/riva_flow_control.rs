@@ -1,0 +1,66 @@
+//! The gateway's Riva client against the Riva simulator (in-process, real gRPC over loopback):
+//! TTS calls whose audio nobody reads (their clients stopped reading) must not stall the other
+//! calls sharing the HTTP/2 connection to Riva.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use voice_gateway::riva::{Metadata, Riva};
+use voice_sim::{SimState, codec, profile};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_tts_calls_do_not_stall_the_shared_connection() {
+    let state = Arc::new(SimState {
+        profile: profile::Profile::by_name("zero").expect("zero profile"),
+        faults: profile::Faults::new(0.0, 0.0, 0.0, 1),
+        script: Default::default(),
+        sidecars: Default::default(),
+        model: "sim".into(),
+        llm_quirks: false,
+    });
+    let any = "127.0.0.1:0".parse().expect("addr");
+    let (bound, _serving) = voice_sim::start(state, any, any).await.expect("simulator");
+    let riva = Riva::new(
+        &bound.riva.to_string(),
+        false,
+        Metadata::default(),
+        Duration::from_secs(5),
+    )
+    .expect("riva client");
+
+    // Each unread call has more audio than any stream window holds, so each pins a full
+    // stream window of the connection. 24 of them pin 24 windows: with 1 MiB stream windows
+    // and the 16 MiB connection window the gateway had, the connection stalls.
+    let long = "The quick brown fox jumps over the lazy dog. ".repeat(60);
+    let audio = codec::encode_speech(&long, 16_000).len();
+    assert!(
+        audio > 2 << 20,
+        "{audio} bytes: too short to fill a stream window"
+    );
+    let mut unread = Vec::new();
+    for _ in 0..24 {
+        unread.push(
+            riva.synthesize_online(long.clone(), "en-US", "", 16_000)
+                .await
+                .expect("TTS call"),
+        );
+    }
+    // Give Riva time to send what the windows allow.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut fresh = riva
+        .synthesize_online("Is anyone there?".into(), "en-US", "", 16_000)
+        .await
+        .expect("TTS call");
+    let mut got = 0;
+    let read = async {
+        while let Some(m) = fresh.message().await.expect("TTS stream") {
+            got += m.audio.len();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("a TTS call stalled behind 24 unread calls on the shared connection");
+    assert_eq!(got, codec::encode_speech("Is anyone there?", 16_000).len());
+    drop(unread);
+}
