@@ -83,17 +83,12 @@ fi
 echo ">> building ${missing[*]} from upstream sources (first time for these versions: ~10-20 minutes on 2 cores)" >&2
 
 # Progress every 30 s until every build has finished.
-while :; do
-  done_all=1
-  for name in "${builds[@]}"; do [ -f "$logs/$name.rc" ] || done_all=0; done
-  [ "$done_all" = 1 ] && break
-  for _ in $(seq 1 30); do
-    sleep 1
-    done_all=1
-    for name in "${builds[@]}"; do [ -f "$logs/$name.rc" ] || done_all=0; done
-    [ "$done_all" = 1 ] && break
-  done
-  [ "$done_all" = 1 ] && break
+all_done() { local name; for name in "${builds[@]}"; do [ -f "$logs/$name.rc" ] || return 1; done; }
+ticks=0
+until all_done; do
+  sleep 1
+  ticks=$((ticks + 1))
+  [ $((ticks % 30)) = 0 ] || continue
   progress=""
   for name in "${builds[@]}"; do
     state="$(grep -c . "$logs/$name.log" 2>/dev/null || true) packages"

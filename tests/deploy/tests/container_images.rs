@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use test_support::processes::{Proc, Sim, TempDir, bins, free_port, http_get, poll};
+use test_support::processes::{GatewayProcess, Sim, TempDir, bins};
 use test_support::repo_root;
 
 const BASE: &str = "gcr.io/distroless/cc-debian12:nonroot";
@@ -319,24 +319,16 @@ fn images_run_as_nonroot_on_their_own_files() {
     )
     .expect("sim image");
     let gw_image = image("gateway");
-    let (grpc, admin) = (free_port(), free_port());
-    let gateway = Proc(
-        in_image(&roots["gateway"], &gw_image.entrypoint[0])
-            .env("RIVA_URI", &sim.riva)
-            .env("LLM_SERVICE_URL", format!("http://{}/v1", sim.llm))
-            .env("GRPC_PORT", grpc.to_string())
-            .env("METRICS_PORT", admin.to_string())
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("LLM_MODEL", "sim-model")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gateway image"),
-    );
-    poll(Duration::from_secs(30), "gateway image /readyz", || {
-        http_get(admin, "/readyz").ok().filter(|(s, _)| *s == 200)
-    })
-    .expect("gateway image ready");
+    let gateway = GatewayProcess::spawn(
+        in_image(&roots["gateway"], &gw_image.entrypoint[0]),
+        &sim.riva,
+        &sim.llm,
+        &[],
+    )
+    .expect("gateway image");
+    gateway
+        .wait_http("/readyz", 200, Duration::from_secs(30))
+        .expect("gateway image ready");
     let client = gw_image
         .copies
         .iter()
@@ -346,7 +338,7 @@ fn images_run_as_nonroot_on_their_own_files() {
     let out = in_image(&roots["gateway"], client)
         .args([
             "--target",
-            &format!("127.0.0.1:{grpc}"),
+            &format!("127.0.0.1:{}", gateway.grpc_port),
             "--text",
             "What is the capital of France?",
         ])

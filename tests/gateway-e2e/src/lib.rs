@@ -7,11 +7,10 @@
 //! `cargo build` per test binary run).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-pub use test_support::processes::{Proc, Sim, bins, free_port, http_get};
+pub use test_support::processes::{GatewayProcess, Proc, Sim, bins, free_port, http_get};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use voice_proto::voice::voice_gateway_client::VoiceGatewayClient;
@@ -30,72 +29,33 @@ pub fn client_bin() -> &'static PathBuf {
     &bins().client
 }
 
-/// A running gateway.
+/// A running gateway (test-support's process, with the e2e tests' gRPC helpers).
 #[derive(Debug)]
-pub struct Gateway {
-    /// Process.
-    pub proc: Proc,
-    /// gRPC port.
-    pub grpc_port: u16,
-    /// Admin port.
-    pub admin_port: u16,
+pub struct Gateway(pub GatewayProcess);
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayProcess;
+    fn deref(&self) -> &GatewayProcess {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut GatewayProcess {
+        &mut self.0
+    }
 }
 
 impl Gateway {
     /// Starts `voice-gateway` against `riva` and `llm` (host:port) with extra env vars, and waits
     /// until `/livez` answers (not `/readyz`: some tests start it against dead backends).
     pub fn start(riva: &str, llm: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let gw = &bins().gateway;
-        let grpc_port = free_port();
-        let admin_port = free_port();
-        let child = Command::new(gw)
-            .env("RIVA_URI", riva)
-            .env("LLM_SERVICE_URL", format!("http://{llm}/v1"))
-            .env("GRPC_PORT", grpc_port.to_string())
-            .env("METRICS_PORT", admin_port.to_string())
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("LLM_MODEL", "sim-model")
-            .env(
-                "LOG_LEVEL",
-                std::env::var("GATEWAY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
-            )
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| format!("spawn {}", gw.display()))?;
-        let g = Self {
-            proc: Proc(child),
-            grpc_port,
-            admin_port,
-        };
-        g.wait_http("/livez", 200, Duration::from_secs(20))?;
-        Ok(g)
+        GatewayProcess::start(riva, llm, env).map(Self)
     }
 
     /// Starts the gateway against a simulator and waits until it is ready.
     pub fn with_sim(sim: &Sim, env: &[(&str, &str)]) -> anyhow::Result<Self> {
-        let g = Self::start(&sim.riva, &sim.llm, env)?;
-        g.wait_http("/readyz", 200, Duration::from_secs(20))?;
-        Ok(g)
-    }
-
-    /// `GET path` on the admin port: (status, body).
-    pub fn http(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        http_get(self.admin_port, path)
-    }
-
-    /// Polls `path` until it answers `status`.
-    pub fn wait_http(&self, path: &str, status: u16, within: Duration) -> anyhow::Result<()> {
-        let start = Instant::now();
-        loop {
-            if self.http(path).is_ok_and(|(s, _)| s == status) {
-                return Ok(());
-            }
-            if start.elapsed() > within {
-                bail!("{path} did not answer {status} within {within:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        GatewayProcess::with_sim(sim, env).map(Self)
     }
 
     /// The `/metrics` text.

@@ -12,7 +12,9 @@ use anyhow::{Context, ensure};
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
-pub use test_support::processes::{Bins, Proc, Sim, TempDir, bins, free_port, http_get, poll};
+pub use test_support::processes::{
+    Bins, GatewayProcess, Proc, Sim, TempDir, bins, free_port, http_get, poll,
+};
 pub use test_support::repo_root;
 
 pub mod exporters;
@@ -347,45 +349,21 @@ pub fn metric_names(expr: &str) -> Vec<String> {
     names
 }
 
-/// A running gateway.
+/// A running gateway (test-support's process) that `voice-client` can talk to.
 #[derive(Debug)]
-pub struct Gateway {
-    /// Process.
-    pub proc: Proc,
-    /// gRPC port.
-    pub grpc_port: u16,
-    /// Admin (metrics) port.
-    pub admin_port: u16,
+pub struct Gateway(pub GatewayProcess);
+
+impl std::ops::Deref for Gateway {
+    type Target = GatewayProcess;
+    fn deref(&self) -> &GatewayProcess {
+        &self.0
+    }
 }
 
 impl Gateway {
     /// Starts `voice-gateway` against the simulator and waits until `/readyz` answers 200.
     pub fn start(sim: &Sim) -> anyhow::Result<Self> {
-        let grpc_port = free_port();
-        let admin_port = free_port();
-        let child = Command::new(&bins().gateway)
-            .env("RIVA_URI", &sim.riva)
-            .env("LLM_SERVICE_URL", format!("http://{}/v1", sim.llm))
-            .env("GRPC_PORT", grpc_port.to_string())
-            .env("METRICS_PORT", admin_port.to_string())
-            .env("BIND_ADDRESS", "127.0.0.1")
-            .env("LLM_MODEL", "sim-model")
-            .env("LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("spawn voice-gateway")?;
-        let g = Self {
-            proc: Proc(child),
-            grpc_port,
-            admin_port,
-        };
-        poll(Duration::from_secs(20), "gateway /readyz", || {
-            http_get(admin_port, "/readyz")
-                .ok()
-                .filter(|(s, _)| *s == 200)
-        })?;
-        Ok(g)
+        GatewayProcess::with_sim(sim, &[]).map(Self)
     }
 
     /// One turn with `voice-client` (a WAV turn when `wav` is given, else a text turn).

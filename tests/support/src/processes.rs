@@ -221,3 +221,79 @@ impl Sim {
         })
     }
 }
+
+/// A running `voice-gateway` on free loopback ports (killed on drop).
+#[derive(Debug)]
+pub struct GatewayProcess {
+    /// Process.
+    pub proc: Proc,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// Admin port (`/metrics`, `/livez`, `/readyz`).
+    pub admin_port: u16,
+}
+
+impl GatewayProcess {
+    /// Starts `voice-gateway` against `riva` and `llm` (host:port) with extra environment, and
+    /// waits until `/livez` answers (not `/readyz`: some tests start it against dead backends).
+    pub fn start(riva: &str, llm: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::spawn(Command::new(&bins().gateway), riva, llm, env)
+    }
+
+    /// The same, with the gateway started by `command` (its program and any arguments before
+    /// the gateway's own, e.g. a `chroot`). Its log level is `GATEWAY_LOG_LEVEL` (default
+    /// `warn`); its logs go to the test's stderr.
+    pub fn spawn(
+        mut command: Command,
+        riva: &str,
+        llm: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let grpc_port = free_port();
+        let admin_port = free_port();
+        let child = command
+            .env("RIVA_URI", riva)
+            .env("LLM_SERVICE_URL", format!("http://{llm}/v1"))
+            .env("GRPC_PORT", grpc_port.to_string())
+            .env("METRICS_PORT", admin_port.to_string())
+            .env("BIND_ADDRESS", "127.0.0.1")
+            .env("LLM_MODEL", "sim-model")
+            .env(
+                "LOG_LEVEL",
+                std::env::var("GATEWAY_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawn {command:?}"))?;
+        let g = Self {
+            proc: Proc(child),
+            grpc_port,
+            admin_port,
+        };
+        g.wait_http("/livez", 200, Duration::from_secs(20))?;
+        Ok(g)
+    }
+
+    /// Starts the gateway against a simulator and waits until it is ready.
+    pub fn with_sim(sim: &Sim, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        let g = Self::start(&sim.riva, &sim.llm, env)?;
+        g.wait_http("/readyz", 200, Duration::from_secs(20))?;
+        Ok(g)
+    }
+
+    /// `GET path` on the admin port: (status, body).
+    pub fn http(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        http_get(self.admin_port, path)
+    }
+
+    /// Polls `path` on the admin port until it answers `status`.
+    pub fn wait_http(&self, path: &str, status: u16, within: Duration) -> anyhow::Result<()> {
+        poll(
+            within,
+            &format!("gateway {path} answering {status}"),
+            || self.http(path).ok().filter(|(s, _)| *s == status),
+        )
+        .map(|_| ())
+    }
+}
