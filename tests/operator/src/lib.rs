@@ -108,6 +108,22 @@ spec:
     apply_ok(plane, ns, &pv);
 }
 
+/// The in-process operators' logs (debug: every status change, reconcile error and retry) go
+/// to the test harness's captured output, which `cargo test` prints for a failing test only.
+/// `RUST_LOG` overrides the filter.
+fn capture_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "voice_operator=debug,kube_runtime=info".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 /// An operator running in this process, stopped when dropped.
 #[derive(Debug)]
 pub struct Operator {
@@ -139,6 +155,7 @@ impl Operator {
         dashboard_namespaces: &[&str],
         leader: Option<LeaderElection>,
     ) -> Self {
+        capture_logs();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let cfg = RunConfig {
@@ -229,6 +246,81 @@ pub async fn wait_ready(api: &Api<VoicePipeline>, name: &str, timeout: Duration)
     .await
 }
 
+/// What a person would look at when a pipeline does not become Ready: each Deployment's
+/// status, each pod's phase, node and conditions, and the namespace's Events, oldest first.
+pub async fn namespace_scene(client: Client, ns: &str) -> String {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Event, Pod};
+    use kube::api::ListParams;
+    use std::fmt::Write as _;
+    let lp = ListParams::default();
+    let mut out = format!("namespace {ns}:\n");
+    if let Ok(list) = Api::<Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+    {
+        for d in list {
+            let s = d.status.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  deployment {}: generation {:?} observed {:?} replicas {:?} updated {:?} ready {:?} available {:?}",
+                d.metadata.name.unwrap_or_default(),
+                d.metadata.generation,
+                s.observed_generation,
+                s.replicas,
+                s.updated_replicas,
+                s.ready_replicas,
+                s.available_replicas
+            );
+        }
+    }
+    if let Ok(list) = Api::<Pod>::namespaced(client.clone(), ns).list(&lp).await {
+        for p in list {
+            let spec = p.spec.unwrap_or_default();
+            let s = p.status.unwrap_or_default();
+            let conditions: Vec<String> = s
+                .conditions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    format!(
+                        "{}={}{}",
+                        c.type_,
+                        c.status,
+                        c.reason.map(|r| format!("({r})")).unwrap_or_default()
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  pod {}: phase {:?} node {:?} created {:?} conditions [{}]",
+                p.metadata.name.unwrap_or_default(),
+                s.phase,
+                spec.node_name,
+                p.metadata.creation_timestamp.map(|t| t.0),
+                conditions.join(", ")
+            );
+        }
+    }
+    if let Ok(list) = Api::<Event>::namespaced(client, ns).list(&lp).await {
+        let mut events: Vec<Event> = list.items;
+        events.sort_by_key(|e| e.last_timestamp.clone().map(|t| t.0));
+        for e in events {
+            let _ = writeln!(
+                out,
+                "  event {:?} {} {}/{}: {} {}",
+                e.last_timestamp.map(|t| t.0),
+                e.type_.unwrap_or_default(),
+                e.involved_object.kind.unwrap_or_default(),
+                e.involved_object.name.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            );
+        }
+    }
+    out
+}
+
 /// Polls `name` every 100 ms until `check` holds; panics with the last status otherwise.
 pub async fn wait_for(
     api: &Api<VoicePipeline>,
@@ -247,8 +339,12 @@ pub async fn wait_for(
             last = Some(vp);
         }
         if tokio::time::Instant::now() > deadline {
+            let scene = match last.as_ref().and_then(|vp| vp.metadata.namespace.clone()) {
+                Some(ns) => namespace_scene(api.clone().into_client(), &ns).await,
+                None => String::new(),
+            };
             panic!(
-                "{name}: not {what} within {timeout:?}; last status: {:#?}",
+                "{name}: not {what} within {timeout:?}; last status: {:#?}\n{scene}",
                 last.and_then(|v| v.status)
             );
         }

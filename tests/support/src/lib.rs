@@ -300,10 +300,21 @@ where
     }
 }
 
-/// The repository's top directory.
+/// The repository's top directory: the nearest directory holding `Cargo.lock` above the
+/// running test's package (`CARGO_MANIFEST_DIR`, which `cargo test` sets at run time).
+///
+/// Read at run time, not compiled in: the cargo target directory lives outside the checkout
+/// and is shared by clones at different paths, and cargo reuses a test binary built in one
+/// clone for another whose sources are older, so a compiled-in path can name a clone that is
+/// gone.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    package
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or_else(|| panic!("no Cargo.lock above {}", package.display()))
         .canonicalize()
         .expect("repository root")
 }
