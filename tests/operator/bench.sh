@@ -12,9 +12,11 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
 # The benchmark's private planes (tests/plane/up.sh; tests keep the defaults): a 1-hour node
-# grace period, because under the 1,000-pod storm kwok renewed no node status for over 5 minutes
-# and the node lifecycle controller marked every pod not ready (2026-11-25); 32 kwok pod workers
-# instead of 4, so kwok is not what limits the plane-alone baseline.
+# grace period, a margin for the 1,000-pod storm on 2 cores (the node lifecycle controller marks
+# every pod of a node not ready when the node's Lease is not renewed in time; until kwok was given
+# --node-lease-duration-seconds it kept no Lease at all, which was the "no renewal for 5 minutes"
+# seen in an earlier run); 32 kwok pod workers instead of 4, so kwok is not what limits the
+# plane-alone baseline.
 export VOICE_PLANE_NODE_GRACE=${VOICE_PLANE_NODE_GRACE:-1h}
 export VOICE_PLANE_KWOK_PARALLELISM=${VOICE_PLANE_KWOK_PARALLELISM-32}
 cargo build -q --release --locked -p voice-operator -p operator-tests --bin voice-operator --bin operator-bench

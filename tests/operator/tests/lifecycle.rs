@@ -257,5 +257,12 @@ async fn admin_endpoints_tell_the_truth() {
             .then_some(())
     })
     .await;
+    // The dashboard finalizer goes with the pipeline while the operator still runs; a pipeline
+    // left behind would keep the namespace Terminating on the shared plane for good.
+    api.delete("demo", &Default::default()).await.unwrap();
+    eventually(TIMEOUT, || async {
+        api.get_opt("demo").await.ok()?.is_none().then_some(())
+    })
+    .await;
     op.stop().await.unwrap();
 }

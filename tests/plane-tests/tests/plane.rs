@@ -5,7 +5,8 @@ use std::{io::Write as _, process::Stdio, time::Duration};
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
-    core::v1::{Pod, ServiceAccount},
+    coordination::v1::Lease,
+    core::v1::{Node, Pod, ServiceAccount},
 };
 use kube::{
     Api, Client,
@@ -52,6 +53,43 @@ fn node_of(pod: &Pod) -> String {
         .as_ref()
         .and_then(|s| s.node_name.clone())
         .unwrap_or_default()
+}
+
+/// The node lifecycle controller sees a node alive by its Lease; without renewals it marks every
+/// node not ready when its grace period runs out, and every pod with it (this plane's kwok once
+/// kept no Lease, and whatever test ran at that moment failed).
+#[tokio::test]
+async fn kwok_renews_a_lease_for_every_node() {
+    let client = Plane::shared().client().await;
+    let nodes: Vec<String> = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(!nodes.is_empty());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let renewed = |name: String| {
+        let leases = leases.clone();
+        async move {
+            let lease = leases.get_opt(&name).await.ok()??;
+            lease.spec?.renew_time.map(|t| t.0)
+        }
+    };
+    let mut first = vec![];
+    for node in &nodes {
+        let at = eventually(WAIT, || renewed(node.clone())).await;
+        first.push((node.clone(), at));
+    }
+    // A kubelet (and kwok) renews every quarter of the 40 s lease duration.
+    for (node, at) in first {
+        eventually(Duration::from_secs(30), || {
+            let r = renewed(node.clone());
+            async move { r.await.filter(|t| *t > at) }
+        })
+        .await;
+    }
 }
 
 #[tokio::test]
