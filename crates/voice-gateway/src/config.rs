@@ -97,6 +97,10 @@ pub struct Config {
     /// Ours: longest wait, in seconds, for a Riva answer (TTS chunk, ASR end of stream).
     #[arg(long, env = "RIVA_TIMEOUT", default_value_t = 10.0)]
     pub riva_timeout: f64,
+    /// Ours: seconds a stream's outbound queue may stay full (its client reads nothing) before
+    /// the stream is ended with RESOURCE_EXHAUSTED, freeing its slot and its backend calls.
+    #[arg(long, env = "CLIENT_STALL_TIMEOUT", default_value_t = 30.0)]
+    pub client_stall_timeout: f64,
     /// Ours: concurrent StreamAudio calls; one more gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 1000)]
     pub max_concurrent_streams: usize,
@@ -128,6 +132,10 @@ impl Config {
     /// RIVA_TIMEOUT as a duration.
     pub fn riva_timeout(&self) -> Duration {
         secs(self.riva_timeout)
+    }
+    /// CLIENT_STALL_TIMEOUT as a duration.
+    pub fn client_stall_timeout(&self) -> Duration {
+        secs(self.client_stall_timeout)
     }
 }
 

@@ -37,6 +37,9 @@ pub enum TurnError {
     /// The client went away: nothing to report to anyone.
     #[error("client disconnected")]
     ClientGone,
+    /// The client read nothing for CLIENT_STALL_TIMEOUT while its queue was full.
+    #[error("client stopped reading")]
+    ClientStalled,
 }
 
 impl TurnError {

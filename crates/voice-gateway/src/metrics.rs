@@ -117,6 +117,8 @@ pub struct Metrics {
     pub barge_ins: Counter,
     /// Ours: streams refused with RESOURCE_EXHAUSTED.
     pub streams_rejected: Counter,
+    /// Ours: streams ended because their client read nothing for CLIENT_STALL_TIMEOUT.
+    pub client_stalls: Counter,
     /// Ours: time work waits between stages.
     pub queue_seconds: HistFamily<Stage>,
 }
@@ -146,6 +148,7 @@ impl Metrics {
             tts_errors: Family::default(),
             barge_ins: Counter::default(),
             streams_rejected: Counter::default(),
+            client_stalls: Counter::default(),
             queue_seconds: family(|| Histogram::new(QUEUE_BUCKETS.iter().copied())),
         };
         let r = &mut m.registry;
@@ -218,6 +221,11 @@ impl Metrics {
             "voice_gateway_streams_rejected",
             "Streams refused above MAX_CONCURRENT_STREAMS",
             m.streams_rejected.clone(),
+        );
+        r.register(
+            "voice_gateway_client_stalls",
+            "Streams ended because the client read nothing for CLIENT_STALL_TIMEOUT seconds",
+            m.client_stalls.clone(),
         );
         r.register(
             "voice_gateway_stage_queue_seconds",

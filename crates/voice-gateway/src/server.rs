@@ -53,12 +53,12 @@ impl VoiceGateway for Gateway {
                 self.shared.config.max_concurrent_streams
             ))
         })?;
-        let (out, tx, floor) = OutStream::new();
+        let (out, tx, ctl) = OutStream::new();
         tokio::spawn(session::run(
             self.shared.clone(),
             request.into_inner(),
             tx,
-            floor,
+            ctl,
             permit,
         ));
         Ok(Response::new(out))

@@ -16,8 +16,9 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use prometheus_client::metrics::histogram::Histogram;
@@ -56,25 +57,36 @@ pub struct Out {
     msg: Result<ServerMessage, Status>,
 }
 
+/// What a session and its response stream share besides the queue.
+#[derive(Debug, Default)]
+pub struct OutCtl {
+    /// Queued messages of turns below this one were interrupted (barge-in): dropped, not sent.
+    floor: AtomicU64,
+    /// Set when the client stopped reading: the stream drops what is queued and ends with it.
+    stalled: OnceLock<Status>,
+}
+
 /// The response stream: the outbound queue minus the messages of interrupted turns.
 #[derive(Debug)]
 pub struct OutStream {
     rx: mpsc::Receiver<Out>,
-    floor: Arc<AtomicU64>,
+    ctl: Arc<OutCtl>,
+    ended: bool,
 }
 
 impl OutStream {
     /// A stream and the queue feeding it.
-    pub fn new() -> (Self, mpsc::Sender<Out>, Arc<AtomicU64>) {
+    pub fn new() -> (Self, mpsc::Sender<Out>, Arc<OutCtl>) {
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let floor = Arc::new(AtomicU64::new(0));
+        let ctl = Arc::new(OutCtl::default());
         (
             Self {
                 rx,
-                floor: floor.clone(),
+                ctl: ctl.clone(),
+                ended: false,
             },
             tx,
-            floor,
+            ctl,
         )
     }
 }
@@ -84,10 +96,17 @@ impl futures::Stream for OutStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(s) = this.ctl.stalled.get() {
+            this.ended = true;
+            return Poll::Ready(Some(Err(s.clone())));
+        }
         loop {
             match this.rx.poll_recv(cx) {
                 Poll::Ready(Some(o)) => {
-                    if o.turn != 0 && o.turn < this.floor.load(Ordering::Acquire) {
+                    if o.turn != 0 && o.turn < this.ctl.floor.load(Ordering::Acquire) {
                         continue; // queued output of an interrupted turn
                     }
                     return Poll::Ready(Some(o.msg));
@@ -106,22 +125,51 @@ fn event(t: EventType, message: &str) -> Content {
     })
 }
 
+/// Why a message did not reach the outbound queue.
+#[derive(Debug, PartialEq, Eq)]
+enum Unsent {
+    /// The response stream is gone (the client cancelled or disconnected).
+    Closed,
+    /// The queue stayed full for the whole stall timeout: the client reads nothing.
+    Stalled,
+}
+
+/// Queues `out` for the client, waiting at most `stall` for room.
+async fn enqueue(tx: &mpsc::Sender<Out>, out: Out, stall: Duration) -> Result<(), Unsent> {
+    // The common case, room in the queue, takes no timer.
+    match tx.try_send(out) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(Unsent::Closed),
+        Err(mpsc::error::TrySendError::Full(out)) => {
+            match tokio::time::timeout(stall, tx.send(out)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(Unsent::Closed),
+                Err(_) => Err(Unsent::Stalled),
+            }
+        }
+    }
+}
+
 /// Sends to the client on behalf of one turn.
 #[derive(Debug, Clone)]
 struct Tx {
     tx: mpsc::Sender<Out>,
     turn: u64,
+    stall: Duration,
 }
 
 impl Tx {
     async fn send(&self, c: Content) -> Result<(), TurnError> {
-        self.tx
-            .send(Out {
-                turn: self.turn,
-                msg: Ok(ServerMessage { content: Some(c) }),
-            })
+        let out = Out {
+            turn: self.turn,
+            msg: Ok(ServerMessage { content: Some(c) }),
+        };
+        enqueue(&self.tx, out, self.stall)
             .await
-            .map_err(|_| TurnError::ClientGone)
+            .map_err(|e| match e {
+                Unsent::Closed => TurnError::ClientGone,
+                Unsent::Stalled => TurnError::ClientStalled,
+            })
     }
 }
 
@@ -200,6 +248,8 @@ enum End {
     Failed(TurnError),
     /// Quietly: the client is gone.
     Quiet,
+    /// The client stopped reading: the stream ends with RESOURCE_EXHAUSTED.
+    Stalled,
 }
 
 type TurnResult = Result<Result<String, TurnError>, tokio::task::JoinError>;
@@ -256,7 +306,7 @@ pub async fn run(
     shared: Arc<Shared>,
     mut inbound: Streaming<ClientMessage>,
     tx: mpsc::Sender<Out>,
-    floor: Arc<AtomicU64>,
+    ctl: Arc<OutCtl>,
     permit: OwnedSemaphorePermit,
 ) {
     let _active = ActiveGuard::new(&shared);
@@ -297,7 +347,7 @@ pub async fn run(
             return;
         }
     };
-    let session = match Session::new(shared, config, tx.clone(), floor) {
+    let session = match Session::new(shared, config, tx.clone(), ctl) {
         Ok(s) => s,
         Err(s) => {
             let _ = tx
@@ -317,7 +367,7 @@ struct Session {
     id: String,
     ctx: Arc<TurnCtx>,
     tx: mpsc::Sender<Out>,
-    floor: Arc<AtomicU64>,
+    ctl: Arc<OutCtl>,
     sample_rate: i32,
     history: VecDeque<ChatMessage>,
     next_turn: u64,
@@ -336,7 +386,7 @@ impl Session {
         shared: Arc<Shared>,
         c: VoiceConfig,
         tx: mpsc::Sender<Out>,
-        floor: Arc<AtomicU64>,
+        ctl: Arc<OutCtl>,
     ) -> Result<Self, Status> {
         let cfg = &shared.config;
         let sample_rate = if c.sample_rate == 0 {
@@ -375,7 +425,7 @@ impl Session {
                 timings: c.enable_timings,
             }),
             tx,
-            floor,
+            ctl,
             sample_rate,
             history: VecDeque::new(),
             next_turn: 1,
@@ -391,13 +441,16 @@ impl Session {
     }
 
     async fn send0(&self, c: Content) -> Result<(), End> {
-        self.tx
-            .send(Out {
-                turn: 0,
-                msg: Ok(ServerMessage { content: Some(c) }),
-            })
+        let out = Out {
+            turn: 0,
+            msg: Ok(ServerMessage { content: Some(c) }),
+        };
+        enqueue(&self.tx, out, self.ctx.shared.config.client_stall_timeout())
             .await
-            .map_err(|_| End::Quiet)
+            .map_err(|e| match e {
+                Unsent::Closed => End::Quiet,
+                Unsent::Stalled => End::Stalled,
+            })
     }
 
     async fn run(mut self, inbound: Streaming<ClientMessage>) {
@@ -409,6 +462,18 @@ impl Session {
         match end {
             Ok(()) => info!("session ended"),
             Err(End::Quiet) => info!("client went away"),
+            Err(End::Stalled) => {
+                let secs = self.ctx.shared.config.client_stall_timeout;
+                warn!(
+                    timeout_seconds = secs,
+                    "client read nothing with its queue full: ending the stream"
+                );
+                self.ctx.shared.metrics.client_stalls.inc();
+                let _ = self.ctl.stalled.set(Status::resource_exhausted(format!(
+                    "the client read nothing for CLIENT_STALL_TIMEOUT={secs} s while {OUTBOUND_QUEUE} \
+                     messages waited: stream ended, queued messages dropped"
+                )));
+            }
             Err(End::Status(s)) => {
                 warn!(code = ?s.code(), message = s.message(), "session rejected");
                 let _ = self
@@ -657,6 +722,7 @@ impl Session {
         let tx = Tx {
             tx: self.tx.clone(),
             turn: id,
+            stall: cfg.client_stall_timeout(),
         };
         let fut = run_turn(
             self.ctx.clone(),
@@ -710,6 +776,7 @@ impl Session {
                 Ok(())
             }
             Ok(Err(TurnError::ClientGone)) => Err(End::Quiet),
+            Ok(Err(TurnError::ClientStalled)) => Err(End::Stalled),
             Ok(Err(e)) => Err(End::Failed(e)),
             Err(j) => Err(End::Failed(TurnError::backend(
                 Stage::Llm,
@@ -726,7 +793,7 @@ impl Session {
         };
         r.handle.abort();
         // Everything this turn queued for the client is dropped from here on.
-        self.floor.store(r.id + 1, Ordering::Release);
+        self.ctl.floor.store(r.id + 1, Ordering::Release);
         // A barged-in turn counts as a success: no backend failed, the gateway stopped as asked.
         // (requests_total has only success/error; the seed's dashboards divide error by total.)
         let m = &self.ctx.shared.metrics;
@@ -748,7 +815,7 @@ impl Session {
 struct TtsStats {
     first_audio: Option<Instant>,
     /// First sentence's TTS request -> its first audio chunk.
-    first_wait: Option<std::time::Duration>,
+    first_wait: Option<Duration>,
     last_audio: Option<Instant>,
     sentences: u32,
     bytes: u64,
@@ -928,7 +995,58 @@ async fn run_turn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use futures::StreamExt as _;
+
+    fn chunk(turn: u64) -> Out {
+        Out {
+            turn,
+            msg: Ok(ServerMessage {
+                content: Some(event(EventType::Speaking, "")),
+            }),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_queue_that_nobody_reads_stalls_after_the_timeout_and_no_sooner() {
+        let (mut out, tx, _ctl) = OutStream::new();
+        for _ in 0..OUTBOUND_QUEUE {
+            enqueue(&tx, chunk(1), Duration::from_secs(30))
+                .await
+                .unwrap();
+        }
+        // Room made within the timeout: the message goes through.
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { enqueue(&tx, chunk(1), Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(out.next().await.unwrap().is_ok());
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        // Nobody reads: the timeout ends the wait, and only the timeout.
+        let started = tokio::time::Instant::now();
+        let r = enqueue(&tx, chunk(1), Duration::from_secs(30)).await;
+        assert_eq!(r, Err(Unsent::Stalled));
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        drop(out);
+        assert_eq!(
+            enqueue(&tx, chunk(1), Duration::from_secs(30)).await,
+            Err(Unsent::Closed)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stalled_stream_ends_with_resource_exhausted_and_drops_what_was_queued() {
+        let (mut out, tx, ctl) = OutStream::new();
+        for _ in 0..3 {
+            tx.try_send(chunk(1)).unwrap();
+        }
+        ctl.stalled
+            .set(Status::resource_exhausted("client read nothing"))
+            .unwrap();
+        let first = out.next().await.expect("an item");
+        assert_eq!(first.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert!(out.next().await.is_none(), "queued messages are dropped");
+    }
 
     #[test]
     fn own_share_is_first_audio_minus_backend_waits() {

@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-pub use test_support::processes::{GatewayProcess, Proc, Sim, bins, free_port, http_get};
+pub use test_support::processes::{GatewayProcess, Proc, Sim, bins, free_port, http_get, poll};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
 use voice_proto::voice::voice_gateway_client::VoiceGatewayClient;
 use voice_proto::voice::{
     BargeIn, ClientMessage, EventType, ServerMessage, VoiceConfig, client_message,
@@ -70,7 +71,23 @@ impl Gateway {
 
     /// Opens a stream; returns the sender of client messages and the server's stream.
     pub async fn open(&self) -> anyhow::Result<Conversation> {
-        let mut c = self.client().await?;
+        Self::open_on(self.client().await?).await
+    }
+
+    /// Opens a stream on a connection of its own whose HTTP/2 windows (stream and connection)
+    /// are `window` bytes: once the client has that much unread, the gateway can send no more.
+    pub async fn open_with_window(&self, window: u32) -> anyhow::Result<Conversation> {
+        let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", self.grpc_port))?
+            .initial_stream_window_size(window)
+            .initial_connection_window_size(window)
+            .connect()
+            .await?;
+        Self::open_on(VoiceGatewayClient::new(channel)).await
+    }
+
+    async fn open_on(
+        mut c: VoiceGatewayClient<tonic::transport::Channel>,
+    ) -> anyhow::Result<Conversation> {
         let (tx, rx) = mpsc::channel(64);
         let resp = c.stream_audio(ReceiverStream::new(rx)).await?;
         Ok(Conversation {

@@ -271,6 +271,71 @@ async fn barge_in_stops_the_reply_and_listens() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client that stops reading while its reply streams: after CLIENT_STALL_TIMEOUT with the
+/// outbound queue full, the gateway ends that stream with RESOURCE_EXHAUSTED and frees its slot,
+/// its backend calls and its queue, while other streams carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_ended_and_frees_its_slot() -> anyhow::Result<()> {
+    // A reply of megabytes of audio: more than the client's 16 KiB windows, the gateway's
+    // HTTP/2 send buffer for the stream (400 KiB) and its outbound queue hold together.
+    let dir = test_support::processes::TempDir::new("gateway-e2e-stall");
+    let script = dir.join("script.json");
+    let long_reply = "This sentence is one of many in a very long reply. ".repeat(40);
+    std::fs::write(&script, format!(r#"{{"*": "{long_reply}"}}"#))?;
+    let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
+    let gw = Gateway::with_sim(
+        &sim,
+        &[
+            ("CLIENT_STALL_TIMEOUT", "1"),
+            ("MAX_CONCURRENT_STREAMS", "1"),
+            ("LLM_MAX_TOKENS", "1000"),
+        ],
+    )?;
+    let mut stalled = gw.open_with_window(16 * 1024).await?;
+    stalled.send(msg::config(16_000, false)).await?;
+    stalled.until(is_event(EventType::Listening)).await?;
+    stalled.send(msg::text("tell me a long story")).await?;
+    // ... and nothing more is read from it.
+    let m = poll(Duration::from_secs(20), "the stalled stream ended", || {
+        let m = gw.metrics().ok()?;
+        (m.value("voice_gateway_client_stalls_total") == 1.0
+            && m.value("voice_gateway_active_streams") == 0.0)
+            .then_some(m)
+    })?;
+    // Not a backend failure, and the turn did not complete.
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"error\"}"),
+        0.0
+    );
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"success\"}"),
+        0.0
+    );
+    // Its slot is free: with MAX_CONCURRENT_STREAMS=1 another stream is served in full.
+    let mut next = gw.open().await?;
+    next.send(msg::config(16_000, false)).await?;
+    next.until(is_event(EventType::Listening)).await?;
+    next.send(msg::text("hello")).await?;
+    let got = next.until(is_event(EventType::Listening)).await?;
+    assert_eq!(llm_text(&got).trim_end(), long_reply.trim_end());
+    assert!(audio(&got).len() > 1_000_000, "{} bytes", audio(&got).len());
+    next.finish().await?;
+    // When the stalled client reads again, it gets what was already in flight, then the status.
+    let status = loop {
+        match stalled.rx.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stalled stream ended OK, expected RESOURCE_EXHAUSTED"),
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("CLIENT_STALL_TIMEOUT"),
+        "{status:?}"
+    );
+    Ok(())
+}
+
 async fn expect_status(
     gw: &Gateway,
     msgs: Vec<voice_proto::voice::ClientMessage>,
