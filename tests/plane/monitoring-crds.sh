@@ -9,7 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 kubeconfig=$1
 module=github.com/prometheus-operator/prometheus-operator
-src=$(cd "$here/kwok" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" \
+src=$(cd "$here/k8s" && GOTOOLCHAIN=local GOFLAGS=-mod=mod go mod download -json "$module@$PROMETHEUS_OPERATOR_VERSION" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 crds=()
 for kind in servicemonitors podmonitors prometheusrules; do
