@@ -45,6 +45,7 @@ use crate::model::{
     validate,
 };
 use crate::monitoring_crds::{PrometheusRule, ServiceMonitor};
+use crate::service_lane::{ApplyService, LaneOutcome, PipelineRef, SERVICE_CREATES, ServiceLane};
 use crate::status::{self, Observed, Outcome, PassError, Rollout};
 
 /// How the operator runs.
@@ -134,6 +135,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Server-side apply with steady-state skipping.
     pub applier: Arc<Applier>,
+    /// Creates this controller's new Services off the reconcile path (the API server
+    /// allocates ClusterIPs one at a time).
+    pub service_lane: Arc<ServiceLane>,
     /// Children's watch caches.
     pub stores: Stores,
     /// Which monitoring kinds are served.
@@ -310,6 +314,8 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action,
         // Retry with backoff; the status already says why.
         return Ok(Action::requeue(backoff(ctx, vp)));
     }
+    // A Service still being created brings the pipeline back by its watch event once
+    // created, or through the lane's `reconcile_on` stream if its create failed.
     Ok(Action::await_change())
 }
 
@@ -363,6 +369,8 @@ fn backoff(ctx: &Context, vp: &VoicePipeline) -> Duration {
 async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Observed {
     let s = &ctx.stores;
     let a = &ctx.applier;
+    let lane = &ctx.service_lane;
+    let owner: PipelineRef = ObjectRef::new(&v.name).within(&v.namespace);
     let ns = v.namespace.as_str();
     let Children {
         gateway_config,
@@ -386,13 +394,13 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             match (&riva_deployment, &riva_service) {
                 (Some(d), Some(svc)) => {
                     let (svc, d) = futures::join!(
-                        a.apply(svc, "riva", Some(&s.services)),
+                        lane.apply(svc, "riva", &owner),
                         a.apply(d, "riva", Some(&s.deployments))
                     );
-                    svc?;
-                    Ok::<_, ApplyError>(d?.map(|d| Rollout::of(&d)))
+                    let pending = svc? == LaneOutcome::Pending;
+                    Ok::<_, ApplyError>((d?.map(|d| Rollout::of(&d)), pending))
                 }
-                _ => Ok(None),
+                _ => Ok((None, false)),
             }
         };
         let pdb_fut = async {
@@ -404,16 +412,24 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         let gateway_fut = async {
             let (cm, svc, d) = futures::join!(
                 a.apply(&gateway_config, "gateway", Some(&s.config_maps)),
-                a.apply(&gateway_service, "gateway", Some(&s.services)),
+                lane.apply(&gateway_service, "gateway", &owner),
                 a.apply(&gateway_deployment, "gateway", Some(&s.deployments))
             );
             cm?;
-            svc?;
-            Ok::<_, ApplyError>(d?.map(|d| Rollout::of(&d)))
+            let pending = svc? == LaneOutcome::Pending;
+            Ok::<_, ApplyError>((d?.map(|d| Rollout::of(&d)), pending))
         };
         let (riva_rollout, pdb, gateway_rollout) = futures::join!(riva_fut, pdb_fut, gateway_fut);
-        let riva_rollout = riva_rollout?;
-        let gateway_rollout = gateway_rollout?;
+        let (riva_rollout, riva_pending) = riva_rollout?;
+        let (gateway_rollout, gateway_pending) = gateway_rollout?;
+        let pending: Vec<String> = [
+            (gateway_pending, gw.as_str()),
+            (riva_pending, riva.as_str()),
+        ]
+        .into_iter()
+        .filter(|&(pending, _)| pending)
+        .map(|(_, name)| name.to_string())
+        .collect();
         pdb?;
         // Children of switched-off components.
         let deployments: Vec<&str> = [
@@ -433,7 +449,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             .into_iter()
             .collect();
         a.delete_orphans(&s.pdbs, ns, &v.name, &pdbs).await?;
-        Ok::<_, ApplyError>((gateway_rollout, riva_rollout))
+        Ok::<_, ApplyError>((gateway_rollout, riva_rollout, pending))
     };
 
     // Monitoring: only the kinds the API server serves.
@@ -514,11 +530,13 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         error: None,
         aux_error: None,
         dashboards_namespace: None,
+        services_pending: vec![],
     };
     match core {
-        Ok((gateway, riva)) => {
+        Ok((gateway, riva, pending)) => {
             obs.gateway = gateway;
             obs.riva = riva;
+            obs.services_pending = pending;
         }
         Err(e) => obs.error = Some(pass_error(&e)),
     }
@@ -1039,6 +1057,7 @@ pub async fn run_on(
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let applier = Arc::new(Applier::new(client.clone(), metrics.clone()));
+    let service_creates = Arc::new(tokio::sync::Semaphore::new(SERVICE_CREATES));
     let kinds = Arc::new(MonitoringKinds::default());
     let (sm_tx, sm_rx) = tokio::sync::watch::channel(false);
     let (pr_tx, pr_rx) = tokio::sync::watch::channel(false);
@@ -1075,6 +1094,20 @@ pub async fn run_on(
         let ns = scope.as_deref();
         let (deployments, dep_stream) = reflect::<Deployment>(&client, ns);
         let (services, svc_stream) = reflect::<Service>(&client, ns);
+        let (service_lane, service_retries) = ServiceLane::new(
+            apply_service(&applier, &services),
+            service_creates.clone(),
+            services.clone(),
+        );
+        let service_lane = Arc::new(service_lane);
+        let svc_stream = {
+            let lane = service_lane.clone();
+            svc_stream.inspect(move |event| {
+                if let Ok(svc) = event {
+                    lane.seen(svc);
+                }
+            })
+        };
         let (pdbs, pdb_stream) = reflect::<PodDisruptionBudget>(&client, ns);
         let (config_maps, cm_stream) = reflect::<ConfigMap>(&client, ns);
         let (service_monitors, sm_stream) =
@@ -1096,6 +1129,7 @@ pub async fn run_on(
             recorder: recorder.clone(),
             metrics: metrics.clone(),
             applier: applier.clone(),
+            service_lane: service_lane.clone(),
             stores: stores.clone(),
             monitoring: kinds.clone(),
             failures: Default::default(),
@@ -1129,6 +1163,7 @@ pub async fn run_on(
             .watches_stream(pr_stream, |o| owner_of(&o))
             .watches_stream(dash_stream, |o| owner_of(&o))
             .reconcile_all_on(all_stream)
+            .reconcile_on(service_retries)
             .graceful_shutdown_on(wait_stop(stop_rx.clone()));
         let store = controller.store();
         // Ready once the pipeline watch and the core child caches have listed once.
@@ -1157,16 +1192,20 @@ pub async fn run_on(
         controllers.push(
             controller
                 .run(reconcile, error_policy, ctx)
-                .for_each(|res| async move {
-                    match res {
-                        Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
-                        Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
-                        // A child's event after its pipeline was deleted (garbage collection):
-                        // nothing to do.
-                        Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
-                            tracing::debug!(object = %obj, "pipeline gone; child event ignored")
+                .for_each(move |res| {
+                    let lane = service_lane.clone();
+                    async move {
+                        match res {
+                            Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                            Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
+                            // A child's event after its pipeline was deleted (garbage collection):
+                            // nothing to do but forget its Service creates.
+                            Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                                lane.forget(obj.namespace.as_deref(), &obj.name);
+                                tracing::debug!(object = %obj, "pipeline gone; child event ignored")
+                            }
+                            Err(e) => tracing::warn!(error = %e, "controller"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "controller"),
                     }
                 }),
         );
@@ -1234,6 +1273,20 @@ pub async fn run_on(
         anyhow::bail!("controller stopped unexpectedly");
     }
     Ok(())
+}
+
+/// How the [`ServiceLane`]s apply a Service: through `applier`, against the watch cache
+/// `services` (with no cache the applier would trust its memory and skip re-creating a
+/// Service someone deleted).
+fn apply_service(applier: &Arc<Applier>, services: &Store<Service>) -> ApplyService {
+    let (applier, services) = (applier.clone(), services.clone());
+    Arc::new(move |svc, scope| {
+        let (applier, services) = (applier.clone(), services.clone());
+        Box::pin(async move {
+            applier.apply(&svc, scope, Some(&services)).await?;
+            Ok::<_, ApplyError>(())
+        })
+    })
 }
 
 /// Waits until `store` has listed once. Polls again and again: the store's readiness signal

@@ -8,6 +8,7 @@
 //!                    │ validate  model::validate        (pure)  → Validated | Stalled
 //!                    │ build     build::build           (pure)  → Children
 //!                    │ apply     apply::Applier         (SSA, force, field manager voice-operator/<scope>)
+//!                    │           service_lane::ServiceLane: new Services, a few at a time, off the pass
 //!                    │           + delete the children a switched-off component no longer has
 //!                    └ status    status::compute        (pure)  → written only when it changed
 //! ```
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod model;
 pub mod monitoring_crds;
 pub mod render;
+pub mod service_lane;
 pub mod status;
 
 #[cfg(test)]

@@ -134,6 +134,8 @@ pub struct Observed {
     pub aux_error: Option<PassError>,
     /// Namespace the dashboard now lives in.
     pub dashboards_namespace: Option<String>,
+    /// Services whose create is queued in the [`crate::service_lane::ServiceLane`]: not `Ready` yet.
+    pub services_pending: Vec<String>,
 }
 
 fn cond(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -252,7 +254,10 @@ pub fn compute(
         }
         _ => None,
     };
-    let ready_ok = obs.error.is_none() && gateway.status == "True" && riva.status == "True";
+    let ready_ok = obs.error.is_none()
+        && obs.services_pending.is_empty()
+        && gateway.status == "True"
+        && riva.status == "True";
     let mut notes = vec![];
     if monitoring.status == "False" {
         notes.push(format!("monitoring not configured ({})", monitoring.reason));
@@ -280,6 +285,16 @@ pub fn compute(
             false,
             &e.reason,
             format!("{}; retrying", e.message),
+        )
+    } else if gateway.status == "True" && riva.status == "True" {
+        cond(
+            CONDITION_READY,
+            false,
+            "CreatingService",
+            format!(
+                "waiting for the API server to allocate a ClusterIP to Service {}",
+                obs.services_pending.join(", ")
+            ),
         )
     } else {
         let c = if gateway.status == "False" {
@@ -431,6 +446,7 @@ mod tests {
             dashboards: Outcome::Applied,
             error: None,
             aux_error: None,
+            services_pending: vec![],
             dashboards_namespace: Some("voice".into()),
         }
     }
@@ -498,6 +514,20 @@ mod tests {
         let s = compute(&v, None, &o, &t(1));
         assert_eq!(get(&s, "Stalled").reason, "Forbidden");
         assert_eq!(get(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_service_still_being_created_keeps_ready_false() {
+        let v = validate(&testdata::external()).unwrap();
+        let mut o = obs(ok(1), None);
+        o.services_pending = vec!["demo-gateway".into()];
+        let s = compute(&v, None, &o, &t(1));
+        assert_eq!(get(&s, "Ready").status, "False");
+        assert_eq!(get(&s, "Ready").reason, "CreatingService");
+        assert_eq!(get(&s, "Reconciling").status, "True");
+        assert_eq!(get(&s, "Stalled").status, "False");
+        o.services_pending.clear();
+        assert_eq!(get(&compute(&v, None, &o, &t(1)), "Ready").status, "True");
     }
 
     #[test]
