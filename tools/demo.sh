@@ -59,7 +59,7 @@ cargo build --locked -p voice-operator -p voice-gateway -p voice-sim -p voice-cl
 cargo_pid=$!
 echo "cargo build started; its log: $demo/logs/build.log"
 
-step "local Kubernetes control plane (first time: builds it from upstream, 10-20 minutes), then the cargo build"
+step "local Kubernetes control plane (first time: builds it from upstream, 7-20 minutes on 2 cores), then the cargo build"
 loud cluster "$root/tests/plane/up.sh"
 while kill -0 "$cargo_pid" 2>/dev/null; do
   echo ">> cargo: $(grep -E '^ *(Compiling|Finished|error)' "$demo/logs/build.log" | tail -n 1 | sed 's/^ *//')"

@@ -110,7 +110,7 @@ fi
 if wanted helm; then
   go_build helm "$here/helm" "$logs/out" "$helm_ldflags" helm.sh/helm/v3/cmd/helm; builds+=(helm)
 fi
-echo ">> building ${missing[*]} from upstream sources (first time for these versions: ~10-20 minutes on 2 cores)" >&2
+echo ">> building ${missing[*]} from upstream sources (first time for these versions: ~7-20 minutes on 2 cores)" >&2
 
 # Progress every 30 s until every build has finished.
 all_done() { local name; for name in "${builds[@]}"; do [ -f "$logs/$name.rc" ] || return 1; done; }
