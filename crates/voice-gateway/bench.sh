@@ -7,6 +7,8 @@
 # Binaries: VOICE_GATEWAY_BIN, VOICE_SIM_BIN, VOICE_BENCH_BIN, or built here with --release.
 # BASELINE_GATEWAY_BIN: another gateway build (e.g. an older commit) run against the same sim;
 #   each overhead row is then measured for it right before the same row for this build.
+# LEVELS: the overhead rows to run, as streams:turns:pace_ms words (e.g. "100:5:5000 1000:3:5000",
+#   the paced rows only); default: all five (quick: three).
 # PIN=1: gateway(s) on CPU 0, sim and bench client on CPU 1 (taskset); other load is not excluded.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
@@ -59,7 +61,9 @@ bench() { "${other_cpu[@]}" "$VOICE_BENCH_BIN" "$@"; }
 
 # streams:turns:pace_ms (0: back to back)
 pace="${PACE_MS:-5000}"
-if [ "$quick" = quick ]; then
+if [ -n "${LEVELS:-}" ]; then
+  levels="$LEVELS"
+elif [ "$quick" = quick ]; then
   levels="1:20:0 100:3:0 100:3:$pace"
 else
   levels="1:200:0 100:10:0 1000:3:0 100:5:$pace 1000:3:$pace"
