@@ -18,6 +18,14 @@
 //! dashboard in a namespace that is neither watched nor given as a dashboard namespace, see
 //! [`crate::controller::RunConfig::dashboard_namespaces`]) are re-applied at most every
 //! [`UNCACHED_RESYNC`].
+//!
+//! A watch cache lags behind the applier's own writes: a pipeline reconciled again (by another
+//! child's event) before the watch has delivered a child just created finds it missing from
+//! the cache. [`Applier::ensure`], for callers that do not read the applied object back, trusts
+//! its own write then, for up to [`AWAIT_WATCH`]: the child's watch event follows and
+//! reconciles the pipeline again, against a cache that has it. The trust ends with any watch
+//! event of that child (so a child deleted after its create is re-created by the pass its
+//! delete event triggers) and with a relist of its kind ([`Applier::observe`]).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -28,6 +36,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -37,6 +46,9 @@ use crate::model::OPERATOR;
 
 /// How long an applied object that no watch cache holds is trusted without re-applying.
 pub const UNCACHED_RESYNC: Duration = Duration::from_secs(600);
+
+/// How long [`Applier::ensure`] trusts its own write of a child its watch has not delivered.
+pub const AWAIT_WATCH: Duration = Duration::from_secs(30);
 
 /// Why an apply or delete failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +116,73 @@ struct Seen {
     desired: u64,
     fingerprint: u64,
     at: Instant,
+    /// Written by the applier; its watch has delivered no event of it since.
+    awaiting_watch: bool,
+}
+
+/// What the watch cache shows of a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CacheView {
+    /// The kind has no watch cache here.
+    NotWatched,
+    /// The cache does not hold the child.
+    Missing,
+    /// The cache holds a copy with this fingerprint.
+    Holds(u64),
+}
+
+/// What to do with a child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Send the apply.
+    Send,
+    /// Skip: the cache shows the child as last applied.
+    SkipCached,
+    /// Skip: the applier wrote it moments ago and its watch has not delivered it yet.
+    SkipAwaitingWatch,
+    /// Skip: unwatched, applied less than [`UNCACHED_RESYNC`] ago.
+    SkipUncached,
+}
+
+/// Whether to apply a child whose desired object hashes to `desired`, given the applier's memory
+/// of its last apply, what the cache shows, and whether the caller accepts a skip that returns
+/// no object (`trust_own_write`).
+fn verdict(prev: Option<&Seen>, desired: u64, cache: CacheView, trust_own_write: bool) -> Verdict {
+    let Some(prev) = prev.filter(|p| p.desired == desired) else {
+        return Verdict::Send;
+    };
+    match cache {
+        CacheView::Holds(fp) if fp == prev.fingerprint => Verdict::SkipCached,
+        CacheView::Missing
+            if trust_own_write && prev.awaiting_watch && prev.at.elapsed() < AWAIT_WATCH =>
+        {
+            Verdict::SkipAwaitingWatch
+        }
+        CacheView::NotWatched if prev.at.elapsed() < UNCACHED_RESYNC => Verdict::SkipUncached,
+        _ => Verdict::Send,
+    }
 }
 
 type Key = (String, String, String);
+
+/// A kind of child the applier applies: namespaced, serializable both ways.
+pub trait Child:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+    + Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + Debug
+{
+}
 
 /// Applies children and remembers what it applied.
 pub struct Applier {
@@ -179,11 +255,35 @@ impl Applier {
         cached: Option<&Store<K>>,
     ) -> Result<Option<Arc<K>>, ApplyError>
     where
-        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-            + Serialize
-            + DeserializeOwned
-            + Clone
-            + Debug,
+        K: Child,
+    {
+        self.apply_child(obj, scope, cached, false).await
+    }
+
+    /// [`Applier::apply`] for a caller that does not read the object back: it also skips a
+    /// child that the applier created or changed moments ago and whose watch has not delivered
+    /// it yet (see the module docs).
+    pub async fn ensure<K>(
+        &self,
+        obj: &K,
+        scope: &str,
+        cached: Option<&Store<K>>,
+    ) -> Result<(), ApplyError>
+    where
+        K: Child,
+    {
+        self.apply_child(obj, scope, cached, true).await.map(|_| ())
+    }
+
+    async fn apply_child<K>(
+        &self,
+        obj: &K,
+        scope: &str,
+        cached: Option<&Store<K>>,
+        trust_own_write: bool,
+    ) -> Result<Option<Arc<K>>, ApplyError>
+    where
+        K: Child,
     {
         let kind = K::kind(&()).to_string();
         let ns = obj.namespace().unwrap_or_default();
@@ -195,21 +295,18 @@ impl Applier {
         let desired = hash_of(&value.to_string());
         let key = (kind.clone(), ns.clone(), name.clone());
         let prev = self.seen.lock().expect("not poisoned").get(&key).cloned();
-        let in_cache = cached
-            .and_then(|s| s.get(&kube::runtime::reflector::ObjectRef::new(&name).within(&ns)));
-        if let Some(prev) = &prev
-            && prev.desired == desired
-        {
-            match (&in_cache, cached) {
-                (Some(c), _) if fingerprint(c.as_ref(), obj) == prev.fingerprint => {
-                    self.metrics.skipped.inc();
-                    return Ok(in_cache);
-                }
-                (None, None) if prev.at.elapsed() < UNCACHED_RESYNC => {
-                    self.metrics.skipped.inc();
-                    return Ok(None);
-                }
-                _ => {}
+        let child_ref = kube::runtime::reflector::ObjectRef::new(&name).within(&ns);
+        let in_cache = cached.and_then(|s| s.get(&child_ref));
+        let view = match (&in_cache, cached) {
+            (Some(c), _) => CacheView::Holds(fingerprint(c.as_ref(), obj)),
+            (None, Some(_)) => CacheView::Missing,
+            (None, None) => CacheView::NotWatched,
+        };
+        match verdict(prev.as_ref(), desired, view, trust_own_write) {
+            Verdict::Send => {}
+            Verdict::SkipCached | Verdict::SkipAwaitingWatch | Verdict::SkipUncached => {
+                self.metrics.skipped.inc();
+                return Ok(in_cache);
             }
         }
         let api: Api<K> = Api::namespaced(self.client.clone(), &ns);
@@ -225,15 +322,51 @@ impl Applier {
                 source,
             })?;
         self.metrics.write(&kind, "apply");
-        self.seen.lock().expect("not poisoned").insert(
+        let mut seen = self.seen.lock().expect("not poisoned");
+        // Under the lock that `observe` takes after the cache took an event: either the watch
+        // delivered this write already (the cache has the child) or its event clears the flag.
+        let awaiting_watch = cached.is_some_and(|s| s.get(&child_ref).is_none());
+        seen.insert(
             key,
             Seen {
                 desired,
                 fingerprint: fingerprint(&out, obj),
                 at: Instant::now(),
+                awaiting_watch,
             },
         );
         Ok(Some(Arc::new(out)))
+    }
+
+    /// Call with every event of a child watch, after its cache took the event: the watch has
+    /// delivered that child (or relists its kind), so [`Applier::ensure`] goes by the cache
+    /// again.
+    pub fn observe<K>(&self, event: &watcher::Event<K>)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let kind = K::kind(&());
+        let mut seen = self.seen.lock().expect("not poisoned");
+        match event {
+            watcher::Event::Apply(o) | watcher::Event::InitApply(o) | watcher::Event::Delete(o) => {
+                let key = (
+                    kind.to_string(),
+                    o.namespace().unwrap_or_default(),
+                    o.name_any(),
+                );
+                if let Some(s) = seen.get_mut(&key) {
+                    s.awaiting_watch = false;
+                }
+            }
+            watcher::Event::Init => {
+                for ((k, _, _), s) in seen.iter_mut() {
+                    if k == kind.as_ref() {
+                        s.awaiting_watch = false;
+                    }
+                }
+            }
+            watcher::Event::InitDone => {}
+        }
     }
 
     /// Deletes `namespace/name` of kind `K` if it exists (404 is success).
@@ -306,8 +439,12 @@ impl Applier {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::ConfigMap;
 
-    use super::fingerprint;
+    use super::{
+        AWAIT_WATCH, Applier, Arc, CacheView, Client, Duration, Instant, Metrics, Seen,
+        UNCACHED_RESYNC, Verdict, fingerprint, verdict, watcher,
+    };
 
     fn deployment(
         generation: i64,
@@ -352,5 +489,144 @@ mod tests {
         ] {
             assert_ne!(fingerprint(&drifted, &desired), fp, "{drifted:?}");
         }
+    }
+
+    fn seen(desired: u64, fingerprint: u64, ago: Duration, awaiting_watch: bool) -> Seen {
+        Seen {
+            desired,
+            fingerprint,
+            at: Instant::now() - ago,
+            awaiting_watch,
+        }
+    }
+
+    #[test]
+    fn a_child_the_watch_has_not_delivered_is_trusted_only_by_ensure_and_only_briefly() {
+        let fresh = seen(1, 7, Duration::ZERO, true);
+        let old = seen(1, 7, AWAIT_WATCH + Duration::from_secs(1), true);
+        let delivered = seen(1, 7, Duration::ZERO, false);
+        let recent_unwatched = seen(1, 7, Duration::from_secs(1), false);
+        let old_unwatched = seen(1, 7, UNCACHED_RESYNC + Duration::from_secs(1), false);
+        use CacheView::{Holds, Missing, NotWatched};
+        use Verdict::{Send, SkipAwaitingWatch, SkipCached, SkipUncached};
+        let cases = [
+            (
+                Some(&fresh),
+                1,
+                Missing,
+                true,
+                SkipAwaitingWatch,
+                "just written, not delivered",
+            ),
+            (
+                Some(&fresh),
+                1,
+                Missing,
+                false,
+                Send,
+                "apply returns the object: never trusts",
+            ),
+            (
+                Some(&fresh),
+                2,
+                Missing,
+                true,
+                Send,
+                "the desired object changed",
+            ),
+            (Some(&old), 1, Missing, true, Send, "written too long ago"),
+            (
+                Some(&delivered),
+                1,
+                Missing,
+                true,
+                Send,
+                "delivered, then gone: deleted",
+            ),
+            (
+                Some(&fresh),
+                1,
+                Holds(6),
+                true,
+                Send,
+                "an older copy in the cache",
+            ),
+            (
+                Some(&fresh),
+                1,
+                Holds(7),
+                true,
+                SkipCached,
+                "the cache has the write",
+            ),
+            (None, 1, Missing, true, Send, "never applied"),
+            (
+                Some(&recent_unwatched),
+                1,
+                NotWatched,
+                false,
+                SkipUncached,
+                "unwatched, recent",
+            ),
+            (
+                Some(&old_unwatched),
+                1,
+                NotWatched,
+                false,
+                Send,
+                "unwatched, resync due",
+            ),
+        ];
+        for (prev, desired, view, trust, want, why) in cases {
+            assert_eq!(verdict(prev, desired, view, trust), want, "{why}");
+        }
+    }
+
+    fn applier() -> Applier {
+        // A client that is never used to send: these tests drive the memory only.
+        let config = kube::Config::new("http://127.0.0.1:9".parse().expect("a URL"));
+        let client = Client::try_from(config).expect("a client");
+        let mut registry = prometheus_client::registry::Registry::default();
+        Applier::new(client, Arc::new(Metrics::new(&mut registry)))
+    }
+
+    fn remember(a: &Applier, kind: &str, name: &str) {
+        a.seen.lock().unwrap().insert(
+            (kind.into(), "ns".into(), name.into()),
+            seen(1, 7, Duration::ZERO, true),
+        );
+    }
+
+    fn awaiting(a: &Applier, kind: &str, name: &str) -> bool {
+        a.seen.lock().unwrap()[&(kind.to_string(), "ns".to_string(), name.to_string())]
+            .awaiting_watch
+    }
+
+    fn config_map(name: &str) -> ConfigMap {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(name.into());
+        cm.metadata.namespace = Some("ns".into());
+        cm
+    }
+
+    #[tokio::test]
+    async fn any_watch_event_of_a_child_or_a_relist_of_its_kind_ends_the_trust() {
+        let a = applier();
+        remember(&a, "ConfigMap", "one");
+        remember(&a, "ConfigMap", "two");
+        remember(&a, "Deployment", "one");
+        a.observe(&watcher::Event::Apply(config_map("one")));
+        assert!(!awaiting(&a, "ConfigMap", "one"));
+        assert!(awaiting(&a, "ConfigMap", "two"), "another child");
+        assert!(awaiting(&a, "Deployment", "one"), "another kind");
+        remember(&a, "ConfigMap", "one");
+        a.observe(&watcher::Event::Delete(config_map("one")));
+        assert!(!awaiting(&a, "ConfigMap", "one"));
+        a.observe(&watcher::Event::<ConfigMap>::Init);
+        assert!(!awaiting(&a, "ConfigMap", "two"));
+        assert!(
+            awaiting(&a, "Deployment", "one"),
+            "a relist of ConfigMaps only"
+        );
     }
 }

@@ -405,13 +405,13 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         };
         let pdb_fut = async {
             match &gateway_pdb {
-                Some(pdb) => a.apply(pdb, "gateway", Some(&s.pdbs)).await.map(|_| ()),
+                Some(pdb) => a.ensure(pdb, "gateway", Some(&s.pdbs)).await,
                 None => Ok(()),
             }
         };
         let gateway_fut = async {
             let (cm, svc, d) = futures::join!(
-                a.apply(&gateway_config, "gateway", Some(&s.config_maps)),
+                a.ensure(&gateway_config, "gateway", Some(&s.config_maps)),
                 lane.apply(&gateway_service, "gateway", &owner),
                 a.apply(&gateway_deployment, "gateway", Some(&s.deployments))
             );
@@ -477,7 +477,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             let results = futures::future::join_all(
                 wanted
                     .iter()
-                    .map(|sm| a.apply(*sm, "monitoring", Some(&s.service_monitors))),
+                    .map(|sm| a.ensure(*sm, "monitoring", Some(&s.service_monitors))),
             )
             .await;
             for r in results {
@@ -494,7 +494,8 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             }
             let mut keep = vec![];
             if let Some(pr) = &prometheus_rule {
-                a.apply(pr, "monitoring", Some(&s.prometheus_rules)).await?;
+                a.ensure(pr, "monitoring", Some(&s.prometheus_rules))
+                    .await?;
                 keep.push(pr.name_any());
             }
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
@@ -511,7 +512,8 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         let mut placed = None;
         if let Some(d) = &dashboard {
             let dns = d.namespace().unwrap_or_default();
-            a.apply(d, "dashboards", s.config_maps_of(&dns, ns)).await?;
+            a.ensure(d, "dashboards", s.config_maps_of(&dns, ns))
+                .await?;
             if dns == ns {
                 keep.push(dash_name.as_str());
             }
@@ -761,10 +763,11 @@ fn error_policy(
 
 /// Watch of kind `K` in `ns` (all when `None`) with the operator's label, reflected into a
 /// store after [`Trim::trim`], yielding touched objects (deletes included: a deleted child is
-/// recreated).
+/// recreated); each event is shown to the applier ([`Applier::observe`]) once the store has it.
 fn reflect<K>(
     client: &Client,
     ns: Option<&str>,
+    applier: &Arc<Applier>,
 ) -> (
     Store<K>,
     impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -785,10 +788,17 @@ where
     };
     let (reader, writer) = reflector::store();
     let wc = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={OPERATOR}"));
+    let applier = applier.clone();
     let stream = watcher(api, wc)
         .default_backoff()
         .modify(|o: &mut K| o.trim())
         .reflect(writer)
+        // After the cache took the event: the applier's own writes count as delivered.
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                applier.observe(event);
+            }
+        })
         .touched_objects();
     (reader, stream)
 }
@@ -864,6 +874,7 @@ impl Trim for DeserializeGuard<VoicePipeline> {
 fn reflect_when_served<K>(
     client: &Client,
     ns: Option<&str>,
+    applier: &Arc<Applier>,
     mut served: tokio::sync::watch::Receiver<bool>,
 ) -> (
     Store<K>,
@@ -879,7 +890,7 @@ where
         + Sync
         + 'static,
 {
-    let (reader, stream) = reflect::<K>(client, ns);
+    let (reader, stream) = reflect::<K>(client, ns, applier);
     let gated = futures::stream::once(async move {
         let _ = served.wait_for(|s| *s).await;
         stream
@@ -1076,7 +1087,7 @@ pub async fn run_on(
             if cfg.namespaces.contains(dns) || dashboard_stores.contains_key(dns) {
                 continue;
             }
-            let (store, stream) = reflect::<ConfigMap>(&client, Some(dns));
+            let (store, stream) = reflect::<ConfigMap>(&client, Some(dns), &applier);
             dashboard_stores.insert(dns.clone(), store);
             dashboard_streams.push(stream);
         }
@@ -1092,8 +1103,8 @@ pub async fn run_on(
     let mut pipeline_stores = vec![];
     for scope in scopes {
         let ns = scope.as_deref();
-        let (deployments, dep_stream) = reflect::<Deployment>(&client, ns);
-        let (services, svc_stream) = reflect::<Service>(&client, ns);
+        let (deployments, dep_stream) = reflect::<Deployment>(&client, ns, &applier);
+        let (services, svc_stream) = reflect::<Service>(&client, ns, &applier);
         let (service_lane, service_retries) = ServiceLane::new(
             apply_service(&applier, &services),
             service_creates.clone(),
@@ -1108,12 +1119,12 @@ pub async fn run_on(
                 }
             })
         };
-        let (pdbs, pdb_stream) = reflect::<PodDisruptionBudget>(&client, ns);
-        let (config_maps, cm_stream) = reflect::<ConfigMap>(&client, ns);
+        let (pdbs, pdb_stream) = reflect::<PodDisruptionBudget>(&client, ns, &applier);
+        let (config_maps, cm_stream) = reflect::<ConfigMap>(&client, ns, &applier);
         let (service_monitors, sm_stream) =
-            reflect_when_served::<ServiceMonitor>(&client, ns, sm_rx.clone());
+            reflect_when_served::<ServiceMonitor>(&client, ns, &applier, sm_rx.clone());
         let (prometheus_rules, pr_stream) =
-            reflect_when_served::<PrometheusRule>(&client, ns, pr_rx.clone());
+            reflect_when_served::<PrometheusRule>(&client, ns, &applier, pr_rx.clone());
         let stores = Stores {
             deployments,
             services,
@@ -1282,10 +1293,7 @@ fn apply_service(applier: &Arc<Applier>, services: &Store<Service>) -> ApplyServ
     let (applier, services) = (applier.clone(), services.clone());
     Arc::new(move |svc, scope| {
         let (applier, services) = (applier.clone(), services.clone());
-        Box::pin(async move {
-            applier.apply(&svc, scope, Some(&services)).await?;
-            Ok::<_, ApplyError>(())
-        })
+        Box::pin(async move { applier.ensure(&svc, scope, Some(&services)).await })
     })
 }
 
