@@ -14,6 +14,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 quick="${1:-}"
+# Outside the checkout, as in the Makefile, so a fresh clone reuses the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/voice-operator/target}"
 if [ -z "${VOICE_GATEWAY_BIN:-}" ] || [ -z "${VOICE_SIM_BIN:-}" ] || [ -z "${VOICE_BENCH_BIN:-}" ]; then
   (cd "$root" && cargo build -q --release -p voice-gateway -p voice-sim -p voice-client)
   target="$(cd "$root" && cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')"

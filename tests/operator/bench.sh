@@ -10,7 +10,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+# Outside the checkout, as in the Makefile, so a fresh clone reuses the build.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/voice-operator/target}
 # The benchmark's private planes (tests/plane/up.sh; tests keep the defaults): a 1-hour node
 # grace period, a margin for the 1,000-pod storm on 2 cores (the node lifecycle controller marks
 # every pod of a node not ready when the node's Lease is not renewed in time; until kwok was given
