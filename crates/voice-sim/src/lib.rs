@@ -11,6 +11,7 @@
 //! back, so a reply spoken by the sim can be fed back in as the next user turn. Latency comes from
 //! a [`profile::Profile`]; faults from [`profile::Faults`] or trigger words.
 
+pub mod clock;
 pub mod codec;
 pub mod llm;
 pub mod profile;

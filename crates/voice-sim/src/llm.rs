@@ -14,10 +14,10 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::SimState;
+use crate::{SimState, clock};
 use crate::profile::Fault;
 
 /// Scripted replies: user message → reply (`"*"` is the fallback).
@@ -143,7 +143,7 @@ async fn chat(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
         let p = s.profile;
-        tokio::time::sleep(p.llm_ttft + p.llm_token_delay * toks.len() as u32).await;
+        clock::after(p.llm_ttft + p.llm_token_delay * toks.len() as u32).await;
         return Json(json!({
             "id": "chatcmpl-voice-sim", "object": "chat.completion", "created": 0, "model": model,
             "system_fingerprint": "voice-sim",
@@ -295,7 +295,7 @@ impl StreamJob {
         }
         let total = self.toks.len();
         for (i, t) in self.toks.iter().enumerate() {
-            tokio::time::sleep_until(start + p.llm_ttft + p.llm_token_delay * i as u32).await;
+            clock::until(start + p.llm_ttft + p.llm_token_delay * i as u32).await;
             if self.mode == Mode::Disconnect && i * 2 >= total {
                 let e = std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,

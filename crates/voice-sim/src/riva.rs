@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use voice_proto::riva::AudioEncoding;
 use voice_proto::riva::asr::{self, streaming_recognize_request::StreamingRequest};
 use voice_proto::riva::tts;
 
-use crate::SimState;
+use crate::{SimState, clock};
 use crate::codec::{self, Recognized, SpeechDecoder};
 use crate::profile::Fault;
 
@@ -77,7 +77,7 @@ fn spawn_delayed<T: Send + 'static>(tx: mpsc::Sender<Result<T, Status>>) -> mpsc
     let (dtx, mut drx) = mpsc::channel::<Item<T>>(64);
     tokio::spawn(async move {
         while let Some((at, item)) = drx.recv().await {
-            tokio::time::sleep_until(at).await;
+            clock::until(at).await;
             let stop = item.is_err();
             if tx.send(item).await.is_err() || stop {
                 break;
@@ -256,7 +256,7 @@ impl asr::riva_speech_recognition_server::RivaSpeechRecognition for Asr {
             })
             .collect();
         texts.extend(d.pending());
-        tokio::time::sleep(self.0.profile.asr_final_delay).await;
+        clock::after(self.0.profile.asr_final_delay).await;
         Ok(Response::new(asr::RecognizeResponse {
             results: texts
                 .into_iter()
@@ -373,7 +373,7 @@ impl Tts {
         let n = pcm.len().div_ceil(chunk_bytes);
         for i in 0..n {
             let at = start + p.tts_first_chunk + chunk_wall * i as u32;
-            tokio::time::sleep_until(at).await;
+            clock::until(at).await;
             if fault == Fault::Disconnect && i * 2 >= n {
                 let _ = tx
                     .send(Err(Status::unavailable("voice-sim: simulated disconnect")))
@@ -413,7 +413,7 @@ impl tts::riva_speech_synthesis_server::RivaSpeechSynthesis for Tts {
         let p = self.0.profile;
         let audio = codec::encode_speech(&req.text, rate);
         let dur = codec::speech_duration(&req.text);
-        tokio::time::sleep(p.tts_first_chunk + dur.mul_f64(p.tts_rtf)).await;
+        clock::after(p.tts_first_chunk + dur.mul_f64(p.tts_rtf)).await;
         Ok(Response::new(tts::SynthesizeSpeechResponse {
             audio: audio.into(),
             meta: None,
