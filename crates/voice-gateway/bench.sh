@@ -9,6 +9,7 @@
 #   each overhead row is then measured for it right before the same row for this build.
 # LEVELS: the overhead rows to run, as streams:turns:pace_ms words (e.g. "100:5:5000 1000:3:5000",
 #   the paced rows only); default: all five (quick: three).
+# TWIN_GAP_MS: pause between a turn and its direct twin (default 0; see voice-bench --help).
 # PIN=1: gateway(s) on CPU 0, sim and bench client on CPU 1 (taskset); other load is not excluded.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
@@ -71,19 +72,19 @@ else
   levels="1:200:0 100:10:0 1000:3:0 100:5:$pace 1000:3:$pace"
 fi
 echo "## Gateway overhead on time to first audio (ms); CPU per turn (ms) of each process"
-echo "| profile | build | load | streams | turns | turns/s | late starts | gateway p50 | gateway p99 | direct p50 | direct p99 | p50 diff | p99 diff | paired p50 | paired p99 | in-gateway p50 | in-gateway p99 | gateway CPU | sim CPU | bench CPU | failed streams |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| profile | build | load | streams | turns | turns/s | late starts | gateway p50 | gateway p99 | direct p50 | direct p99 | p50 diff | p99 diff | paired p50 | paired p99 | in-gateway p50 | in-gateway p99 | through p50 | through p99 | gateway CPU | sim CPU | bench CPU | failed streams |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for profile in zero seed; do
   start "$profile" --script "$work/short.json"
   for lv in $levels; do
     IFS=: read -r n turns p <<< "$lv"
     if [ -n "$BASE_PID" ]; then
       row="$(bench overhead --target "127.0.0.1:$GRPC_B" --riva "$RIVA" --llm "$LLM" \
-        --streams "$n" --turns "$turns" --pace-ms "$p" --gateway-pid "$BASE_PID" --sim-pid "$SIM_PID")"
+        --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$BASE_PID" --sim-pid "$SIM_PID")"
       echo "| $profile | baseline $row"
     fi
     row="$(bench overhead --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" \
-      --streams "$n" --turns "$turns" --pace-ms "$p" --gateway-pid "$GW_PID" --sim-pid "$SIM_PID")"
+      --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$GW_PID" --sim-pid "$SIM_PID")"
     echo "| $profile | HEAD $row"
   done
   stop

@@ -109,7 +109,11 @@ mod tests {
         assert!(until(now).now_or_never().is_some());
         assert!(after(Duration::ZERO).now_or_never().is_some());
         // What this replaces: tokio rounds the deadline up to its next millisecond tick.
-        assert!(tokio::time::sleep_until(now.into()).now_or_never().is_none());
+        assert!(
+            tokio::time::sleep_until(now.into())
+                .now_or_never()
+                .is_none()
+        );
         assert!(after(Duration::from_millis(5)).now_or_never().is_none());
     }
 

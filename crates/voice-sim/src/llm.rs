@@ -13,12 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{SimState, clock};
 use crate::profile::Fault;
+use crate::{SimState, clock};
 
 /// Scripted replies: user message → reply (`"*"` is the fallback).
 pub type Script = HashMap<String, String>;

@@ -5,17 +5,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use voice_proto::riva::AudioEncoding;
 use voice_proto::riva::asr::{self, streaming_recognize_request::StreamingRequest};
 use voice_proto::riva::tts;
 
-use crate::{SimState, clock};
 use crate::codec::{self, Recognized, SpeechDecoder};
 use crate::profile::Fault;
+use crate::{SimState, clock};
 
 /// Bytes of foreign (non-simulator) audio hashed to find a sidecar transcript.
 pub const FINGERPRINT_BYTES: usize = 3200;

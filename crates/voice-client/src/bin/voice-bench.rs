@@ -3,7 +3,10 @@
 //!
 //! - `overhead`: time to first audio through the gateway vs. directly (LLM until the first
 //!   sentence, then TTS until its first chunk), N concurrent streams; p50/p99 of both and of the
-//!   paired difference. Two offered loads: back to back (`--pace-ms 0`: every stream starts its
+//!   paired difference. A turn and its direct twin alternate which runs first (the second finds
+//!   every process awake). `through`: per turn, first audio as the client saw it minus the
+//!   backends' own latencies of that turn as the gateway measured them, i.e. the gateway's own
+//!   share plus the two client↔gateway hops, with no other turn subtracted. Two offered loads: back to back (`--pace-ms 0`: every stream starts its
 //!   next turn as soon as the last one ends, which saturates the machine and measures queueing)
 //!   and paced (`--pace-ms P`: each stream starts a turn every P ms on average, fixed or Poisson,
 //!   as users who speak with pauses do). With `--gateway-pid`/`--sim-pid`, the CPU time each
@@ -63,6 +66,10 @@ struct Load {
     /// over one period) or `poisson` (exponential gaps of mean PACE ms, independent streams).
     #[arg(long, value_enum, default_value_t = Arrival::Poisson)]
     arrival: Arrival,
+    /// Pause between a turn and its direct twin, in ms (0: none). Whichever twin runs second
+    /// finds the processes awake; with a pause both start from idle, as a user's turn does.
+    #[arg(long, default_value_t = 0)]
+    twin_gap_ms: u64,
     /// Gateway process id: its CPU time per turn is reported.
     #[arg(long)]
     gateway_pid: Option<u32>,
@@ -355,13 +362,12 @@ impl GwStream {
         Ok(Self { tx, rx })
     }
 
-    /// (time to first audio, time to LISTENING, the gateway's own share of first audio as it
-    /// reports it in `TurnTimings.gateway_ms`).
-    async fn turn(&mut self, text: &str) -> anyhow::Result<(Duration, Duration, Option<f64>)> {
+    /// One turn through the gateway, timed by this client and as the gateway reports it.
+    async fn turn(&mut self, text: &str) -> anyhow::Result<GwTurn> {
         let t = Instant::now();
         self.tx.send(msg(C::TextInput(text.into()))).await?;
         let mut first = None;
-        let mut own = None;
+        let (mut own, mut reported) = (None, None);
         let mut last_audio = t.elapsed();
         while let Some(m) = self.rx.message().await? {
             match m.content {
@@ -370,13 +376,17 @@ impl GwStream {
                     first.get_or_insert(e);
                     last_audio = e;
                 }
-                Some(S::Timings(tm)) => own = tm.gateway_ms,
+                Some(S::Timings(tm)) => {
+                    own = tm.gateway_ms;
+                    reported = Some(tm.first_audio_ms);
+                }
                 Some(S::Event(e)) if e.r#type == EventType::Listening as i32 => {
-                    return Ok((
-                        first.ok_or_else(|| anyhow::anyhow!("no audio"))?,
+                    return Ok(GwTurn {
+                        first_audio: first.ok_or_else(|| anyhow::anyhow!("no audio"))?,
                         last_audio,
-                        own,
-                    ));
+                        own_ms: own,
+                        reported_first_audio_ms: reported,
+                    });
                 }
                 Some(S::Event(e)) if e.r#type == EventType::Error as i32 => {
                     anyhow::bail!("gateway error: {}", e.message)
@@ -385,6 +395,30 @@ impl GwStream {
             }
         }
         anyhow::bail!("stream ended mid-turn")
+    }
+}
+
+/// One turn through the gateway.
+struct GwTurn {
+    /// Text sent → first audio chunk received, on this client's clock.
+    first_audio: Duration,
+    /// Text sent → last audio chunk received.
+    last_audio: Duration,
+    /// The gateway's own share of first audio (`TurnTimings.gateway_ms`).
+    own_ms: Option<f64>,
+    /// Text received → first audio sent, on the gateway's clock (`TurnTimings.first_audio_ms`).
+    reported_first_audio_ms: Option<f64>,
+}
+
+impl GwTurn {
+    /// What the gateway added to this turn's time to first audio: first audio as this client saw
+    /// it minus the backends' own latencies of this very turn, as the gateway measured them at
+    /// its backend clients (LLM request → first sentence, TTS request → first chunk). It is the
+    /// gateway's own share plus the two client↔gateway hops; unlike `paired`, it subtracts no
+    /// other turn's backend time.
+    fn through_ms(&self) -> Option<f64> {
+        let backends = self.reported_first_audio_ms? - self.own_ms?;
+        Some(self.first_audio.as_secs_f64() * 1e3 - backends)
     }
 }
 
@@ -412,6 +446,7 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
         let (direct, barrier, text) = (direct.clone(), barrier.clone(), t.text.clone());
         let (mut pacer, first) = Pacer::new(&load, i, streams);
         let paced = load.pace_ms > 0;
+        let twin_gap = Duration::from_millis(load.twin_gap_ms);
         tasks.push(tokio::spawn(async move {
             let mut s = GwStream::open(ch).await;
             barrier.wait().await;
@@ -419,7 +454,7 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
             let mut out = Vec::new();
             let mut late = 0usize;
             let mut next = tokio::time::Instant::now() + first;
-            for _ in 0..turns {
+            for k in 0..turns {
                 if paced {
                     if tokio::time::Instant::now() > next {
                         late += 1; // the previous turn (and its direct twin) overran the pause
@@ -427,9 +462,18 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
                     tokio::time::sleep_until(next).await;
                     next += pacer.gap();
                 }
-                let (g, _, own) = s.turn(&text).await?;
-                let d = direct.first_audio(&text).await?;
-                out.push((g, d, own));
+                // The twin that runs second finds the processes awake and the caches warm (on
+                // this VM a wake-up of an idle vCPU costs tens of microseconds): alternate.
+                let (g, d) = if (i + k) % 2 == 0 {
+                    let g = s.turn(&text).await?;
+                    tokio::time::sleep(twin_gap).await;
+                    (g, direct.first_audio(&text).await?)
+                } else {
+                    let d = direct.first_audio(&text).await?;
+                    tokio::time::sleep(twin_gap).await;
+                    (s.turn(&text).await?, d)
+                };
+                out.push((g, d));
             }
             anyhow::Ok((out, late))
         }));
@@ -438,13 +482,15 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
     let cpu0 = CpuSnap::take(&load);
     let start = Instant::now();
     let (mut g, mut d, mut diff, mut errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
-    let (mut own, mut late) = (Vec::new(), 0);
+    let (mut own, mut through, mut late) = (Vec::new(), Vec::new(), 0);
     for t in tasks {
         match t.await? {
             Ok((v, l)) => {
                 late += l;
-                for (a, b, o) in v {
-                    own.extend(o);
+                for (turn, b) in v {
+                    let a = turn.first_audio;
+                    own.extend(turn.own_ms);
+                    through.extend(turn.through_ms());
                     g.push(a.as_secs_f64() * 1e3);
                     d.push(b.as_secs_f64() * 1e3);
                     diff.push((a.as_secs_f64() - b.as_secs_f64()) * 1e3);
@@ -465,7 +511,7 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
         pct(&mut d, 0.99),
     );
     println!(
-        "| {} | {streams} | {} | {:.0} | {late} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {cpu_gw} | {cpu_sim} | {cpu_bench} | {errors} |",
+        "| {} | {streams} | {} | {:.0} | {late} | {g50:.3} | {g99:.3} | {d50:.3} | {d99:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {cpu_gw} | {cpu_sim} | {cpu_bench} | {errors} |",
         load.describe(),
         g.len(),
         g.len() as f64 / elapsed,
@@ -475,6 +521,8 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
         pct(&mut diff, 0.99),
         opt(&mut own, 0.5),
         opt(&mut own, 0.99),
+        opt(&mut through, 0.5),
+        opt(&mut through, 0.99),
     );
     Ok(())
 }
@@ -487,7 +535,7 @@ async fn pipeline(t: Targets, turns: usize) -> anyhow::Result<()> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut seq = Vec::new();
     for _ in 0..turns {
-        let (_, total, _) = s.turn(&t.text).await?;
+        let total = s.turn(&t.text).await?.last_audio;
         let (b, sq) = direct.bounds(&t.text).await?;
         vs_bound.push(total.as_secs_f64() / b.as_secs_f64());
         vs_seq.push(total.as_secs_f64() / sq.as_secs_f64());
