@@ -162,13 +162,82 @@ fn track_deployments(client: &Client, ns: &str, t0: Instant) -> Arc<Mutex<Deploy
     times
 }
 
+/// What a watch last saw of each pipeline of `ns`: Ready at its generation, and the `Ready`
+/// conditions (reason: message) its statuses went through. A watch, as `kubectl wait` uses,
+/// not a list every so often: listing 1,000 custom resources several times a second costs the
+/// API server (unstructured JSON) more CPU than the operator's writes, and the benchmark would
+/// measure its own polling.
+#[derive(Default)]
+struct PipelineView {
+    ready: HashMap<String, bool>,
+    ready_conditions: HashMap<String, Vec<String>>,
+}
+
+fn track_pipelines(client: &Client, ns: &str) -> Arc<Mutex<PipelineView>> {
+    let view: Arc<Mutex<PipelineView>> = Arc::default();
+    let api: Api<VoicePipeline> = Api::namespaced(client.clone(), ns);
+    let v = view.clone();
+    tokio::spawn(async move {
+        let mut s = watcher(api, watcher::Config::default()).boxed();
+        while let Ok(Some(ev)) = s.try_next().await {
+            if let watcher::Event::Apply(vp) | watcher::Event::InitApply(vp) = ev {
+                let st = vp.status.as_ref();
+                let cond = st.and_then(|s| s.condition("Ready"));
+                let is_ready = st.and_then(|s| s.observed_generation) == vp.metadata.generation
+                    && cond.is_some_and(|c| c.status == "True");
+                let mut v = v.lock().unwrap();
+                v.ready.insert(vp.name_any(), is_ready);
+                if let Some(c) = cond {
+                    let seen = format!("{}: {}", c.reason, c.message);
+                    let list = v.ready_conditions.entry(vp.name_any()).or_default();
+                    if list.last() != Some(&seen) {
+                        list.push(seen);
+                    }
+                }
+            }
+        }
+    });
+    view
+}
+
+/// The most common paths of the `Ready` condition, with how many pipelines took each, for the
+/// log: where the status writes go.
+fn ready_paths(view: &PipelineView) -> Vec<(usize, String)> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for path in view.ready_conditions.values() {
+        // Names differ per pipeline: keep the shape of each message.
+        let shape: Vec<String> = path
+            .iter()
+            .map(|c| {
+                c.split_whitespace()
+                    .map(|w| if w.contains("p-") { "…" } else { w })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        *counts.entry(shape.join("  →  ")).or_insert(0) += 1;
+    }
+    let mut v: Vec<(usize, String)> = counts.into_iter().map(|(k, n)| (n, k)).collect();
+    v.sort_by_key(|b| std::cmp::Reverse(b.0));
+    v.truncate(8);
+    v
+}
+
 fn last(m: &HashMap<String, f64>) -> f64 {
     m.values().copied().fold(0.0, f64::max)
 }
 
+/// The plane-alone run: creates sent, all available (seconds from the first create), and the
+/// plane's CPU by component meanwhile.
+struct PlaneOnly {
+    created: f64,
+    all: f64,
+    cpu: String,
+}
+
 /// The plane's own share: N bare gateway Deployments created at the benchmark's pace, until
 /// all are available (ReplicaSet controller, scheduler, kwok), with no operator.
-async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<(f64, f64)> {
+async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
     let client = plane.client().await;
     let ns = "bench-plane";
     let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
@@ -176,6 +245,7 @@ async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<(f64, f64)> {
         .create(&PostParams::default(), &nso)
         .await?;
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let cpu0 = plane_cpu(plane);
     let t0 = Instant::now();
     let times = track_deployments(&client, ns, t0);
     futures::stream::iter(0..n)
@@ -201,8 +271,11 @@ async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<(f64, f64)> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let all = last(&times.lock().unwrap().available);
-    eprintln!(">> plane alone: creates sent in {created:.1} s, all available at {all:.1} s");
-    Ok((created, all))
+    let cpu = cpu_between(&cpu0, &plane_cpu(plane));
+    eprintln!(
+        ">> plane alone: creates sent in {created:.1} s, all available at {all:.1} s; CPU {cpu}"
+    );
+    Ok(PlaneOnly { created, all, cpu })
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -345,6 +418,40 @@ fn proc_stat(pid: u32) -> (f64, u64) {
     (cpu, hwm)
 }
 
+/// CPU seconds so far of each plane component (`pids/NAME.pid` of tests/plane/up.sh), by name.
+fn plane_cpu(plane: &Plane) -> BTreeMap<String, f64> {
+    let mut m = BTreeMap::new();
+    for e in std::fs::read_dir(plane.dir.join("pids"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let path = e.path();
+        let (Some(name), Ok(pid)) = (
+            path.file_stem().and_then(|n| n.to_str()),
+            std::fs::read_to_string(&path),
+        ) else {
+            continue;
+        };
+        if let Ok(pid) = pid.trim().parse::<u32>() {
+            m.insert(name.to_string(), proc_stat(pid).0);
+        }
+    }
+    m
+}
+
+/// The CPU each component spent between two `plane_cpu` readings, busiest first, as one cell.
+fn cpu_between(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> String {
+    let mut d: Vec<(&String, f64)> = b
+        .iter()
+        .map(|(k, v)| (k, v - a.get(k).copied().unwrap_or(0.0)))
+        .collect();
+    d.sort_by(|x, y| y.1.total_cmp(&x.1));
+    let total: f64 = d.iter().map(|(_, v)| v).sum();
+    let parts: Vec<String> = d.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+    format!("{total:.1} s ({})", parts.join(", "))
+}
+
 struct OperatorProcess(Child);
 
 impl Drop for OperatorProcess {
@@ -367,6 +474,7 @@ struct Run {
     hwm_mib: f64,
     cpu_scale: f64,
     cpu_total: f64,
+    plane_cpu_scale: String,
     scale_reqs: f64,
     scale_parts: Vec<String>,
     own_writes: f64,
@@ -473,6 +581,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     // === 2. scale: N pipelines until all Ready ===
     eprintln!(">> scale: {} pipelines", args.scale);
     let (cpu0, _) = proc_stat(pid);
+    let plane0 = plane_cpu(plane);
     let req0 = apiserver_requests(plane);
     let writes0 = operator_metric(&admin, "voice_operator_api_writes_total").await;
     let reconciles0 = operator_metric(&admin, "voice_operator_reconciles_total").await;
@@ -481,6 +590,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     let api: Api<VoicePipeline> = Api::namespaced(client.clone(), "bench-scale");
     let t0 = Instant::now();
     let times = track_deployments(&client, "bench-scale", t0);
+    let pipelines = track_pipelines(&client, "bench-scale");
     futures::stream::iter(0..args.scale)
         .map(|i| {
             let api = api.clone();
@@ -497,17 +607,12 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
         .await?;
     let created = t0.elapsed();
     let ready_after = loop {
-        let list = api.list(&Default::default()).await?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|vp| {
-                let st = vp.status.as_ref();
-                st.and_then(|s| s.observed_generation) == vp.metadata.generation
-                    && st
-                        .and_then(|s| s.condition("Ready"))
-                        .is_some_and(|c| c.status == "True")
-            })
+        let ready = pipelines
+            .lock()
+            .unwrap()
+            .ready
+            .values()
+            .filter(|r| **r)
             .count();
         if ready == args.scale {
             break t0.elapsed();
@@ -518,15 +623,27 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
                 args.scale
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (cpu1, _) = proc_stat(pid);
+    let plane1 = plane_cpu(plane);
     let req1 = apiserver_requests(plane);
     let writes1 = operator_metric(&admin, "voice_operator_api_writes_total").await;
     let reconciles1 = operator_metric(&admin, "voice_operator_reconciles_total").await;
     let skipped1 = operator_metric(&admin, "voice_operator_apply_skipped_total").await;
     let events1 = operator_metric(&admin, "voice_operator_api_writes_total{kind=\"Event\"").await;
-    let (scale_reqs, scale_parts) = operator_requests(&delta(&req0, &req1));
+    eprintln!(">> scale run, the paths of the Ready condition (pipelines: path):");
+    for (n, path) in ready_paths(&pipelines.lock().unwrap()) {
+        eprintln!("     {n:>5}: {path}");
+    }
+    let scale_delta = delta(&req0, &req1);
+    let mut all: Vec<_> = scale_delta.iter().collect();
+    all.sort_by(|a, b| b.1.total_cmp(a.1));
+    eprintln!(">> scale run, every API request by verb/resource/subresource (busiest first):");
+    for ((verb, _, resource, sub), v) in all.iter().take(25) {
+        eprintln!("     {v:>7.0} {verb} {resource} {sub}");
+    }
+    let (scale_reqs, scale_parts) = operator_requests(&scale_delta);
     let events = events_by_reporter(&client, "bench-scale").await;
     let (children_created, deployments_available) = {
         let t = times.lock().unwrap();
@@ -556,6 +673,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
         hwm_mib: hwm_kib as f64 / 1024.0,
         cpu_scale: cpu1 - cpu0,
         cpu_total,
+        plane_cpu_scale: cpu_between(&plane0, &plane1),
         scale_reqs: scale_reqs / n,
         scale_parts,
         own_writes: (writes1 - writes0) / n,
@@ -570,7 +688,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
 }
 
 /// The Markdown table: one column per operator build, the plane alone as a row of its own.
-fn table(args: &Args, plane_only: &(f64, f64), runs: &[(&str, Run)]) -> String {
+fn table(args: &Args, plane_only: &PlaneOnly, runs: &[(&str, Run)]) -> String {
     let mut out = String::from("| what |");
     for (label, _) in runs {
         out += &format!(" {label} |");
@@ -634,9 +752,15 @@ fn table(args: &Args, plane_only: &(f64, f64), runs: &[(&str, Run)]) -> String {
         &|_| {
             format!(
                 "{:.1} s (creates sent in {:.1} s)",
-                plane_only.1, plane_only.0
+                plane_only.all, plane_only.created
             )
         },
+        "",
+    );
+    row(
+        "plane CPU by component: scale run (create → all Ready); the plane alone's run beneath"
+            .into(),
+        &|r| format!("{}<br>alone: {}", r.plane_cpu_scale, plane_only.cpu),
         "",
     );
     row(

@@ -1,0 +1,259 @@
+//! What each kind of write the operator makes costs the API server: on a fresh private plane
+//! with no operator, N writes of one kind at a time (8 in flight), and the CPU seconds
+//! kube-apiserver and etcd spent meanwhile, per write. Diagnostic: `apiserver-cost [N=300]`.
+
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use operator_tests::install_crd;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use test_support::{Plane, PlaneOptions};
+use voice_operator::build::build;
+use voice_operator::model::validate;
+use voice_operator::monitoring_crds::{PrometheusRule, ServiceMonitor};
+use voice_operator::status::{self, Observed, Outcome, Rollout};
+use voice_types::VoicePipeline;
+
+const NS: &str = "cost";
+
+fn pipeline(name: &str) -> VoicePipeline {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {
+            "llm": {"url": "http://llm.llm.svc:8000/v1"},
+            "riva": {"external": {"uri": "riva-api.riva.svc:50051"}},
+        }
+    }))
+    .expect("valid pipeline")
+}
+
+fn cpu(plane: &Plane, name: &str) -> f64 {
+    let pid = std::fs::read_to_string(plane.dir.join(format!("pids/{name}.pid"))).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0
+}
+
+async fn measure<F, Fut>(plane: &Plane, what: &str, n: usize, op: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), kube::Error>>,
+{
+    let (a0, e0) = (cpu(plane, "kube-apiserver"), cpu(plane, "etcd"));
+    let t0 = Instant::now();
+    futures::stream::iter(0..n)
+        .map(&op)
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let wall = t0.elapsed().as_secs_f64();
+    // Let the watch fan-out and etcd settle into the reading.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (a1, e1) = (cpu(plane, "kube-apiserver"), cpu(plane, "etcd"));
+    println!(
+        "| {what} | {:.2} | {:.2} | {:.1} |",
+        (a1 - a0) * 1000.0 / n as f64,
+        (e1 - e0) * 1000.0 / n as f64,
+        n as f64 / wall
+    );
+}
+
+async fn apply<K>(client: &Client, obj: &K, name: &str, manager: &str) -> Result<(), kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    // No owner: the pipelines named do not exist, and the garbage collector would delete them.
+    let mut obj = obj.clone();
+    obj.meta_mut().owner_references = None;
+    Api::<K>::namespaced(client.clone(), NS)
+        .patch(
+            name,
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .map(|_| ())
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args()
+        .nth(1)
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(300);
+    let plane = Plane::private("apiserver-cost", PlaneOptions::default());
+    install_crd(&plane);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let client = plane.client().await;
+        let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": NS}}))?;
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &nso)
+            .await?;
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        println!("| {n} writes of one kind, 8 in flight, no operator | kube-apiserver CPU ms per write | etcd CPU ms per write | writes/s |");
+        println!("|---|---|---|---|");
+        let vps: Api<VoicePipeline> = Api::namespaced(client.clone(), NS);
+        measure(&plane, "POST VoicePipeline", n, |i| {
+            let vps = vps.clone();
+            async move {
+                let mut vp = pipeline(&format!("p-{i}"));
+                vp.metadata.uid = None;
+                vp.metadata.generation = None;
+                vps.create(&PostParams::default(), &vp).await.map(|_| ())
+            }
+        })
+        .await;
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let status_for = |i: usize, available: i32| {
+            let vp = pipeline(&format!("p-{i}"));
+            let v = validate(&vp).expect("valid");
+            let obs = Observed {
+                gateway: Some(Rollout {
+                    desired: 1,
+                    ready: available,
+                    total: 1,
+                    updated: 1,
+                    available,
+                    observed: true,
+                    deadline_exceeded: false,
+                    failure: None,
+                }),
+                riva: None,
+                monitoring: Outcome::Applied,
+                dashboards: Outcome::Applied,
+                error: None,
+                aux_error: None,
+                dashboards_namespace: Some(NS.into()),
+                services_pending: vec![],
+            };
+            status::compute(&v, None, &obs, &now)
+        };
+        for (what, available) in [
+            ("APPLY VoicePipeline status (first)", 0),
+            ("APPLY VoicePipeline status (a condition changes)", 1),
+            ("APPLY VoicePipeline status (unchanged: no write)", 1),
+        ] {
+            measure(&plane, what, n, |i| {
+                let vps = vps.clone();
+                let st = status_for(i, available);
+                async move {
+                    let patch = serde_json::json!({
+                        "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
+                        "status": st,
+                    });
+                    vps.patch_status(
+                        &format!("p-{i}"),
+                        &PatchParams::apply("voice-operator/status").force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                    .map(|_| ())
+                }
+            })
+            .await;
+        }
+        measure(&plane, "PATCH (merge) VoicePipeline status (a condition changes)", n, |i| {
+            let vps = vps.clone();
+            let st = status_for(i, 0);
+            async move {
+                let patch = serde_json::json!({"status": st});
+                vps.patch_status(
+                    &format!("p-{i}"),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+                .map(|_| ())
+            }
+        })
+        .await;
+        let children = |i: usize| build(&validate(&pipeline(&format!("c-{i}"))).expect("valid"));
+        measure(&plane, "APPLY ConfigMap (gateway configuration)", n, |i| {
+            let c = children(i);
+            let client = client.clone();
+            async move {
+                let cm = c.gateway_config;
+                apply(&client, &cm, &format!("c-{i}-gateway"), "voice-operator/gateway").await
+            }
+        })
+        .await;
+        for (what, compact) in [
+            ("APPLY ConfigMap (dashboard, pretty JSON)", false),
+            ("APPLY ConfigMap (dashboard, compact JSON)", true),
+        ] {
+            measure(&plane, what, n, |i| {
+                let c = children(i);
+                let client = client.clone();
+                async move {
+                    let mut cm: ConfigMap = c.dashboard.expect("dashboards on");
+                    let name = format!("dash-{compact}-{i}");
+                    cm.metadata.name = Some(name.clone());
+                    if compact {
+                        for v in cm.data.iter_mut().flat_map(|d| d.values_mut()) {
+                            let j: serde_json::Value = serde_json::from_str(v).expect("JSON");
+                            *v = j.to_string();
+                        }
+                    }
+                    apply(&client, &cm, &name, "voice-operator/dashboards").await
+                }
+            })
+            .await;
+        }
+        measure(&plane, "APPLY ServiceMonitor", n, |i| {
+            let c = children(i);
+            let client = client.clone();
+            async move {
+                let sm: ServiceMonitor = c.gateway_service_monitor.expect("on");
+                apply(&client, &sm, &format!("c-{i}-gateway"), "voice-operator/monitoring").await
+            }
+        })
+        .await;
+        measure(&plane, "APPLY PrometheusRule", n, |i| {
+            let c = children(i);
+            let client = client.clone();
+            async move {
+                let pr: PrometheusRule = c.prometheus_rule.expect("on");
+                apply(&client, &pr, &format!("c-{i}-alerts"), "voice-operator/monitoring").await
+            }
+        })
+        .await;
+        measure(&plane, "APPLY Service (ClusterIP allocated)", n, |i| {
+            let c = children(i);
+            let client = client.clone();
+            async move {
+                apply(&client, &c.gateway_service, &format!("c-{i}-gateway"), "voice-operator/gateway").await
+            }
+        })
+        .await;
+        measure(&plane, "APPLY Deployment (gateway, no owner; its pods follow)", n, |i| {
+            let c = children(i);
+            let client = client.clone();
+            async move {
+                apply(&client, &c.gateway_deployment, &format!("c-{i}-gateway"), "voice-operator/gateway").await
+            }
+        })
+        .await;
+        anyhow::Ok(())
+    })?;
+    Ok(())
+}
