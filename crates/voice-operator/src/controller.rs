@@ -28,7 +28,7 @@ use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -387,6 +387,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     let gw = v.child_name(Component::Gateway);
     let riva = v.child_name(Component::Riva);
     let dash_name = v.child_name(Component::Dashboards);
+    let alerts = v.child_name(Component::Alerts);
 
     // Core: gateway and Riva.
     let core = async {
@@ -439,16 +440,18 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         .into_iter()
         .flatten()
         .collect();
-        a.delete_orphans(&s.deployments, ns, &v.name, &deployments)
+        let both = [gw.as_str(), riva.as_str()];
+        a.delete_orphans(&s.deployments, ns, &v.name, &both, &deployments)
             .await?;
-        a.delete_orphans(&s.services, ns, &v.name, &deployments)
+        a.delete_orphans(&s.services, ns, &v.name, &both, &deployments)
             .await?;
         let pdbs: Vec<&str> = gateway_pdb
             .as_ref()
             .map(|_| gw.as_str())
             .into_iter()
             .collect();
-        a.delete_orphans(&s.pdbs, ns, &v.name, &pdbs).await?;
+        a.delete_orphans(&s.pdbs, ns, &v.name, &[gw.as_str()], &pdbs)
+            .await?;
         Ok::<_, ApplyError>((gateway_rollout, riva_rollout, pending))
     };
 
@@ -485,8 +488,14 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             }
             let keep: Vec<String> = wanted.iter().map(|sm| sm.name_any()).collect();
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-            a.delete_orphans(&s.service_monitors, ns, &v.name, &keep)
-                .await
+            a.delete_orphans(
+                &s.service_monitors,
+                ns,
+                &v.name,
+                &[gw.as_str(), riva.as_str()],
+                &keep,
+            )
+            .await
         };
         let prs = async {
             if !pr_served {
@@ -499,7 +508,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
                 keep.push(pr.name_any());
             }
             let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
-            a.delete_orphans(&s.prometheus_rules, ns, &v.name, &keep)
+            a.delete_orphans(&s.prometheus_rules, ns, &v.name, &[alerts.as_str()], &keep)
                 .await
         };
         let (sm, pr) = futures::join!(sms, prs);
@@ -519,7 +528,14 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             }
             placed = Some(dns);
         }
-        a.delete_orphans(&s.config_maps, ns, &v.name, &keep).await?;
+        a.delete_orphans(
+            &s.config_maps,
+            ns,
+            &v.name,
+            &[gw.as_str(), dash_name.as_str()],
+            &keep,
+        )
+        .await?;
         Ok::<_, ApplyError>(placed)
     };
 
@@ -899,6 +915,29 @@ where
     (reader, gated)
 }
 
+/// What of a pipeline asks for a reconcile: its spec (generation), its deletion, finalizers,
+/// labels and annotations. Not its status: every status write of the operator's own came back
+/// as an event and reconciled the pipeline once more, for nothing (1,000 pipelines: about 3 of
+/// their 7.7 reconciles each). A child's event, a failed pass's backoff and a Service create
+/// still reconcile it as before.
+fn pipeline_changed(g: &DeserializeGuard<VoicePipeline>) -> Option<u64> {
+    let m = g.meta();
+    Some(hash_of(&(
+        m.generation,
+        m.deletion_timestamp.is_some(),
+        &m.finalizers,
+        &m.labels,
+        &m.annotations,
+    )))
+}
+
+fn hash_of(v: &impl std::hash::Hash) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
 /// Drives a dashboard namespace's watch (which fills its cache) and hands each touched
 /// dashboard to the controller of its pipeline's namespace; dashboards of pipelines this
 /// operator does not watch are dropped.
@@ -1163,7 +1202,8 @@ pub async fn run_on(
             .default_backoff()
             .modify(|g: &mut DeserializeGuard<VoicePipeline>| g.trim())
             .reflect(pipelines_writer)
-            .applied_objects();
+            .applied_objects()
+            .predicate_filter(pipeline_changed, PredicateConfig::default());
         let controller = Controller::for_stream(pipeline_stream, pipelines)
             .with_config(ControllerConfig::default().concurrency(cfg.concurrency))
             .watches_stream(dep_stream, |o| owner_of(&o))
@@ -1312,4 +1352,63 @@ where
 
 async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::DeserializeGuard;
+    use voice_types::{VoicePipeline, VoicePipelineStatus};
+
+    use super::pipeline_changed;
+
+    fn guard(generation: i64) -> DeserializeGuard<VoicePipeline> {
+        let vp: VoicePipeline = serde_json::from_value(serde_json::json!({
+            "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
+            "metadata": {"name": "p", "namespace": "ns", "generation": generation, "resourceVersion": "1"},
+            "spec": {"llm": {"url": "http://llm:8000/v1"}, "riva": {"external": {"uri": "riva:50051"}}},
+        }))
+        .expect("a pipeline");
+        DeserializeGuard(Ok(vp))
+    }
+
+    #[test]
+    fn only_spec_and_metadata_changes_of_a_pipeline_reconcile_it() {
+        let base = pipeline_changed(&guard(1));
+        // Our own status write comes back with a new resourceVersion and status: no pass.
+        let mut written = guard(1);
+        let vp = written.0.as_mut().expect("valid");
+        vp.metadata.resource_version = Some("2".into());
+        vp.status = Some(VoicePipelineStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(pipeline_changed(&written), base);
+        // A spec change, a deletion, a finalizer, a label do.
+        let mut changed = vec![guard(2)];
+        let mut deleting = guard(1);
+        deleting
+            .0
+            .as_mut()
+            .expect("valid")
+            .metadata
+            .deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            Default::default(),
+        ));
+        changed.push(deleting);
+        let mut finalized = guard(1);
+        finalized.0.as_mut().expect("valid").metadata.finalizers = Some(vec!["f".into()]);
+        changed.push(finalized);
+        let mut labelled = guard(1);
+        labelled.0.as_mut().expect("valid").metadata.labels =
+            Some([("team".to_string(), "voice".to_string())].into());
+        changed.push(labelled);
+        for g in &changed {
+            assert_ne!(
+                pipeline_changed(g),
+                base,
+                "{:?}",
+                g.0.as_ref().map(|v| &v.metadata)
+            );
+        }
+    }
 }
