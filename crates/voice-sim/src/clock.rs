@@ -30,11 +30,45 @@ pub async fn after(d: Duration) {
     until(Instant::now() + d).await;
 }
 
-/// Pending deadlines, earliest first; the sequence number keeps equal deadlines in order.
+/// A wait: its deadline, the order it came in (equal deadlines end in that order), and the
+/// sender that ends it.
+#[derive(Debug)]
+struct Pending {
+    at: Instant,
+    seq: u64,
+    tx: oneshot::Sender<()>,
+}
+
+impl Pending {
+    fn key(&self) -> (Instant, u64) {
+        (self.at, self.seq)
+    }
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Pending {}
+
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Pending {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// Pending waits, earliest first.
 #[derive(Debug, Default)]
 struct Queue {
-    heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    senders: std::collections::HashMap<u64, oneshot::Sender<()>>,
+    heap: BinaryHeap<Reverse<Pending>>,
     next: u64,
 }
 
@@ -59,11 +93,14 @@ static TIMER: LazyLock<&'static Timer> = LazyLock::new(|| {
 impl Timer {
     fn add(&self, deadline: Instant, tx: oneshot::Sender<()>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let earliest = q.heap.peek().map(|Reverse((at, _))| *at);
-        let id = q.next;
+        let earliest = q.heap.peek().map(|Reverse(p)| p.at);
+        let seq = q.next;
         q.next += 1;
-        q.heap.push(Reverse((deadline, id)));
-        q.senders.insert(id, tx);
+        q.heap.push(Reverse(Pending {
+            at: deadline,
+            seq,
+            tx,
+        }));
         drop(q);
         if earliest.is_none_or(|e| deadline < e) {
             self.changed.notify_one();
@@ -75,17 +112,13 @@ impl Timer {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let now = Instant::now();
-            while let Some(&Reverse((at, id))) = q.heap.peek() {
-                if at > now {
-                    break;
-                }
-                q.heap.pop();
-                if let Some(tx) = q.senders.remove(&id) {
-                    let _ = tx.send(());
+            while q.heap.peek().is_some_and(|Reverse(p)| p.at <= now) {
+                if let Some(Reverse(p)) = q.heap.pop() {
+                    let _ = p.tx.send(());
                 }
             }
-            q = match q.heap.peek() {
-                Some(&Reverse((at, _))) => {
+            q = match q.heap.peek().map(|Reverse(p)| p.at) {
+                Some(at) => {
                     self.changed
                         .wait_timeout(q, at.saturating_duration_since(now))
                         .unwrap_or_else(|e| e.into_inner())
