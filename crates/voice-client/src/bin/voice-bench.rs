@@ -36,6 +36,11 @@ use voice_proto::voice::{
 #[derive(Debug, Parser)]
 #[command(name = "voice-bench")]
 struct Args {
+    /// Threads of the bench client's own runtime; 1 runs it on one thread, which then also
+    /// polls the sockets, so no reply waits for a wake-up of another of the client's threads.
+    /// Default: one per core.
+    #[arg(long, global = true, default_value_t = 0)]
+    client_threads: usize,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -595,24 +600,36 @@ fn histogram(n: u64) {
     println!("| {n} | {ns:.1} |");
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Args::parse().cmd {
-        Cmd::Overhead {
-            t,
-            streams,
-            turns,
-            load,
-        } => overhead(t, streams, turns, load).await,
-        Cmd::Pipeline { t, turns } => pipeline(t, turns).await,
-        Cmd::IdleMemory {
-            target,
-            pid,
-            streams,
-        } => idle_memory(target, pid, streams).await,
-        Cmd::Histogram { n } => {
-            histogram(n);
-            Ok(())
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rt = match args.client_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        0 => tokio::runtime::Runtime::new()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    rt.block_on(async {
+        match args.cmd {
+            Cmd::Overhead {
+                t,
+                streams,
+                turns,
+                load,
+            } => overhead(t, streams, turns, load).await,
+            Cmd::Pipeline { t, turns } => pipeline(t, turns).await,
+            Cmd::IdleMemory {
+                target,
+                pid,
+                streams,
+            } => idle_memory(target, pid, streams).await,
+            Cmd::Histogram { n } => {
+                histogram(n);
+                Ok(())
+            }
         }
-    }
+    })
 }
