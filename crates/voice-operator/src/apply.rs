@@ -197,7 +197,8 @@ impl Debug for Applier {
     }
 }
 
-fn hash_of(v: &impl Hash) -> u64 {
+/// A hash of `v`, stable within one process (not across builds).
+pub(crate) fn hash_of(v: &impl Hash) -> u64 {
     let mut h = DefaultHasher::new();
     v.hash(&mut h);
     h.finish()

@@ -36,7 +36,7 @@ use serde_json::json;
 use voice_types::{VoicePipeline, VoicePipelineStatus};
 
 use crate::admin::{self, Health};
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, hash_of};
 use crate::build::{Children, build};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
@@ -929,13 +929,6 @@ fn pipeline_changed(g: &DeserializeGuard<VoicePipeline>) -> Option<u64> {
         &m.labels,
         &m.annotations,
     )))
-}
-
-fn hash_of(v: &impl std::hash::Hash) -> u64 {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut h = DefaultHasher::new();
-    v.hash(&mut h);
-    h.finish()
 }
 
 /// Drives a dashboard namespace's watch (which fills its cache) and hands each touched
