@@ -15,6 +15,9 @@
 //!   and the TTS work that cannot overlap, measured directly) and vs. the sequential sum.
 //! - `idle-memory`: gateway RSS growth per idle stream.
 //! - `histogram`: cost of one histogram observation.
+//! - `null-gateway`: a server of the gateway's API that does no work (one audio chunk back at
+//!   once per text turn) on the same gRPC stack, so `overhead` against it measures the bare
+//!   client ↔ server round trip that every `through` figure contains.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,9 +31,10 @@ use voice_gateway::riva::{Metadata, Riva};
 use voice_gateway::sentence::SentenceSplitter;
 use voice_gateway::sse::ThinkFilter;
 use voice_proto::voice::voice_gateway_client::VoiceGatewayClient;
+use voice_proto::voice::voice_gateway_server::{VoiceGateway, VoiceGatewayServer};
 use voice_proto::voice::{
-    ClientMessage, EventType, ServerMessage, VoiceConfig, client_message::Content as C,
-    server_message::Content as S,
+    ClientMessage, EventType, ServerEvent, ServerMessage, TurnTimings, VoiceConfig,
+    client_message::Content as C, server_message::Content as S,
 };
 
 #[derive(Debug, Parser)]
@@ -201,6 +205,21 @@ enum Cmd {
         /// Idle streams to open.
         #[arg(long, default_value_t = 1000)]
         streams: usize,
+    },
+    /// Serves the gateway's gRPC API doing no work: each text turn gets one audio chunk,
+    /// timings (gateway share = first audio, so `through` = the client's time to first audio)
+    /// and LISTENING at once. The same stack as voice-gateway (tonic, TCP_NODELAY on accepted
+    /// sockets); `overhead --target` at it measures the round trip alone. Runs until killed.
+    NullGateway {
+        /// Address to listen on (port 0: any; the chosen address is printed).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Bytes of the audio chunk (default: 200 ms of 16 kHz 16-bit audio, the sim's chunk).
+        #[arg(long, default_value_t = 6400)]
+        chunk_bytes: usize,
+        /// Audio chunks per turn, sent at once (a TTS faster than real time sends a burst).
+        #[arg(long, default_value_t = 1)]
+        chunks: usize,
     },
     /// Cost of one histogram observation.
     Histogram {
@@ -589,6 +608,87 @@ async fn idle_memory(target: String, pid: u32, streams: usize) -> anyhow::Result
     Ok(())
 }
 
+/// The gateway's API with no work behind it (see `Cmd::NullGateway`).
+struct NullGateway {
+    chunk: bytes::Bytes,
+    chunks: usize,
+}
+
+/// What the null gateway answers to one client message.
+fn null_replies(
+    m: ClientMessage,
+    chunk: &bytes::Bytes,
+    chunks: usize,
+    received: Instant,
+) -> Vec<S> {
+    let listening = |message: &str| {
+        S::Event(ServerEvent {
+            r#type: EventType::Listening as i32,
+            message: message.into(),
+        })
+    };
+    match m.content {
+        Some(C::Config(_)) => vec![listening("Ready")],
+        Some(C::TextInput(_)) => {
+            let ms = received.elapsed().as_secs_f64() * 1e3;
+            let mut out: Vec<S> = (0..chunks.max(1))
+                .map(|_| S::AudioChunk(chunk.clone()))
+                .collect();
+            out.push(S::Timings(TurnTimings {
+                first_audio_ms: ms,
+                gateway_ms: Some(ms),
+                audio_bytes: (chunk.len() * out.len()) as u64,
+                ..Default::default()
+            }));
+            out.push(listening(""));
+            out
+        }
+        _ => vec![],
+    }
+}
+
+#[tonic::async_trait]
+impl VoiceGateway for NullGateway {
+    type StreamAudioStream = ReceiverStream<Result<ServerMessage, tonic::Status>>;
+
+    async fn stream_audio(
+        &self,
+        req: tonic::Request<tonic::Streaming<ClientMessage>>,
+    ) -> Result<tonic::Response<Self::StreamAudioStream>, tonic::Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let (chunk, chunks) = (self.chunk.clone(), self.chunks);
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                for c in null_replies(m, &chunk, chunks, Instant::now()) {
+                    if tx
+                        .send(Ok(ServerMessage { content: Some(c) }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn null_gateway(listen: String, chunk_bytes: usize, chunks: usize) -> anyhow::Result<()> {
+    let l = tokio::net::TcpListener::bind(&listen).await?;
+    println!("null-gateway listening on {}", l.local_addr()?);
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(u32::MAX))
+        .add_service(VoiceGatewayServer::new(NullGateway {
+            chunk: bytes::Bytes::from(vec![0u8; chunk_bytes]),
+            chunks,
+        }))
+        .serve_with_incoming(voice_gateway::server::grpc_incoming(l))
+        .await?;
+    Ok(())
+}
+
 fn histogram(n: u64) {
     use prometheus_client::metrics::histogram::Histogram;
     let h = Histogram::new(voice_gateway::metrics::LATENCY_BUCKETS.iter().copied());
@@ -626,6 +726,11 @@ fn main() -> anyhow::Result<()> {
                 pid,
                 streams,
             } => idle_memory(target, pid, streams).await,
+            Cmd::NullGateway {
+                listen,
+                chunk_bytes,
+                chunks,
+            } => null_gateway(listen, chunk_bytes, chunks).await,
             Cmd::Histogram { n } => {
                 histogram(n);
                 Ok(())
