@@ -9,6 +9,9 @@
 #   each overhead row is then measured for it right before the same row for this build.
 # LEVELS: the overhead rows to run, as streams:turns:pace_ms words (e.g. "100:5:5000 1000:3:5000",
 #   the paced rows only); default: all five (quick: three).
+# Each overhead row also runs, right before it, against `voice-bench null-gateway` (build "null
+#   (floor)"): the gateway's API doing no work, NULL_CHUNKS audio chunks per turn (default 1), on
+#   the same gRPC stack. Its `through` is the bare client <-> server round trip at that load.
 # TWIN_GAP_MS: pause between a turn and its direct twin (default 0; see voice-bench --help).
 # PIN=1: gateway(s) on CPU 0, sim and bench client on CPU 1 (taskset); other load is not excluded.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
@@ -49,6 +52,10 @@ start() { # start PROFILE [sim args…]: sets RIVA LLM GRPC ADMIN GW_PID
     GRPC_B="$(free_port)"; ADMIN_B="$(free_port)"
     start_gw "$BASELINE_GATEWAY_BIN" "$GRPC_B" "$ADMIN_B"; BASE_PID=$STARTED
   fi
+  "${gw_cpu[@]}" "$VOICE_BENCH_BIN" null-gateway --chunks "${NULL_CHUNKS:-1}" > "$work/null.out" &
+  pids+=($!); NULL_PID=$!
+  for _ in $(seq 100); do [ -s "$work/null.out" ] && break; sleep 0.05; done
+  NULL_ADDR="$(sed -n 's/^null-gateway listening on //p' "$work/null.out")"
 }
 start_gw() { # start_gw BIN GRPC_PORT ADMIN_PORT: sets STARTED
   RIVA_URI="$RIVA" LLM_SERVICE_URL="http://$LLM/v1" GRPC_PORT="$2" METRICS_PORT="$3" \
@@ -57,8 +64,8 @@ start_gw() { # start_gw BIN GRPC_PORT ADMIN_PORT: sets STARTED
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && break; sleep 0.05; done
 }
 stop() {
-  kill "$GW_PID" $BASE_PID "$SIM_PID" 2>/dev/null || true
-  wait "$GW_PID" $BASE_PID "$SIM_PID" 2>/dev/null || true
+  kill "$GW_PID" $BASE_PID "$NULL_PID" "$SIM_PID" 2>/dev/null || true
+  wait "$GW_PID" $BASE_PID "$NULL_PID" "$SIM_PID" 2>/dev/null || true
 }
 bench() { "${other_cpu[@]}" "$VOICE_BENCH_BIN" "$@"; }
 
@@ -78,6 +85,9 @@ for profile in zero seed; do
   start "$profile" --script "$work/short.json"
   for lv in $levels; do
     IFS=: read -r n turns p <<< "$lv"
+    row="$(bench overhead --target "$NULL_ADDR" --riva "$RIVA" --llm "$LLM" \
+      --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$NULL_PID" --sim-pid "$SIM_PID")"
+    echo "| $profile | null (floor) $row"
     if [ -n "$BASE_PID" ]; then
       row="$(bench overhead --target "127.0.0.1:$GRPC_B" --riva "$RIVA" --llm "$LLM" \
         --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$BASE_PID" --sim-pid "$SIM_PID")"

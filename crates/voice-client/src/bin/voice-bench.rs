@@ -15,8 +15,8 @@
 //!   and the TTS work that cannot overlap, measured directly) and vs. the sequential sum.
 //! - `idle-memory`: gateway RSS growth per idle stream.
 //! - `histogram`: cost of one histogram observation.
-//! - `null-gateway`: a server of the gateway's API that does no work (one audio chunk back at
-//!   once per text turn) on the same gRPC stack, so `overhead` against it measures the bare
+//! - `null-gateway`: a server of the gateway's API that does no work (`--chunks N` audio chunks
+//!   back at once per text turn, default one) on the same gRPC stack, so `overhead` against it measures the bare
 //!   client ↔ server round trip that every `through` figure contains.
 
 use std::sync::Arc;
@@ -206,9 +206,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         streams: usize,
     },
-    /// Serves the gateway's gRPC API doing no work: each text turn gets one audio chunk,
-    /// timings (gateway share = first audio, so `through` = the client's time to first audio)
-    /// and LISTENING at once. The same stack as voice-gateway (tonic, TCP_NODELAY on accepted
+    /// Serves the gateway's gRPC API doing no work: each text turn gets `--chunks` audio
+    /// chunks, timings (first audio and gateway share both 0 ms, so `through` = the client's
+    /// time to first audio) and LISTENING at once. The same stack as voice-gateway (tonic, TCP_NODELAY on accepted
     /// sockets); `overhead --target` at it measures the round trip alone. Runs until killed.
     NullGateway {
         /// Address to listen on (port 0: any; the chosen address is printed).
@@ -615,12 +615,10 @@ struct NullGateway {
 }
 
 /// What the null gateway answers to one client message.
-fn null_replies(
-    m: ClientMessage,
-    chunk: &bytes::Bytes,
-    chunks: usize,
-    received: Instant,
-) -> Vec<S> {
+/// Config: LISTENING "Ready". A text turn: `chunks` (at least one) copies of `chunk`, timings
+/// that report no backend time (first audio = gateway share = 0 ms), then LISTENING. Anything
+/// else: nothing.
+fn null_replies(m: ClientMessage, chunk: &bytes::Bytes, chunks: usize) -> Vec<S> {
     let listening = |message: &str| {
         S::Event(ServerEvent {
             r#type: EventType::Listening as i32,
@@ -630,13 +628,12 @@ fn null_replies(
     match m.content {
         Some(C::Config(_)) => vec![listening("Ready")],
         Some(C::TextInput(_)) => {
-            let ms = received.elapsed().as_secs_f64() * 1e3;
             let mut out: Vec<S> = (0..chunks.max(1))
                 .map(|_| S::AudioChunk(chunk.clone()))
                 .collect();
             out.push(S::Timings(TurnTimings {
-                first_audio_ms: ms,
-                gateway_ms: Some(ms),
+                first_audio_ms: 0.0,
+                gateway_ms: Some(0.0),
                 audio_bytes: (chunk.len() * out.len()) as u64,
                 ..Default::default()
             }));
@@ -660,7 +657,7 @@ impl VoiceGateway for NullGateway {
         let (chunk, chunks) = (self.chunk.clone(), self.chunks);
         tokio::spawn(async move {
             while let Ok(Some(m)) = inbound.message().await {
-                for c in null_replies(m, &chunk, chunks, Instant::now()) {
+                for c in null_replies(m, &chunk, chunks) {
                     if tx
                         .send(Ok(ServerMessage { content: Some(c) }))
                         .await
@@ -737,4 +734,66 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(c: C) -> ClientMessage {
+        ClientMessage { content: Some(c) }
+    }
+
+    fn is_listening(s: &S, text: &str) -> bool {
+        matches!(s, S::Event(e) if e.r#type == EventType::Listening as i32 && e.message == text)
+    }
+
+    #[test]
+    fn null_gateway_answers_config_with_ready() {
+        let out = null_replies(
+            msg(C::Config(VoiceConfig::default())),
+            &bytes::Bytes::new(),
+            3,
+        );
+        assert_eq!(out.len(), 1);
+        assert!(is_listening(&out[0], "Ready"));
+    }
+
+    #[test]
+    fn null_gateway_answers_a_text_turn_with_its_chunks_timings_and_listening() {
+        let chunk = bytes::Bytes::from(vec![7u8; 10]);
+        let out = null_replies(msg(C::TextInput("hello".into())), &chunk, 3);
+        assert_eq!(out.len(), 5);
+        assert!(
+            out[..3]
+                .iter()
+                .all(|s| matches!(s, S::AudioChunk(b) if *b == chunk))
+        );
+        let S::Timings(t) = &out[3] else {
+            panic!("expected timings, got {:?}", out[3]);
+        };
+        assert_eq!(t.gateway_ms, Some(t.first_audio_ms));
+        assert_eq!(t.audio_bytes, 30);
+        assert!(is_listening(&out[4], ""));
+        // `through` of such a turn is the client's own time to first audio.
+        let turn = GwTurn {
+            first_audio: Duration::from_micros(400),
+            last_audio: Duration::from_micros(500),
+            own_ms: t.gateway_ms,
+            reported_first_audio_ms: Some(t.first_audio_ms),
+        };
+        assert!((turn.through_ms().unwrap() - 0.4).abs() < 1e-9);
+    }
+
+    #[test]
+    fn null_gateway_sends_at_least_one_chunk_and_ignores_other_messages() {
+        let chunk = bytes::Bytes::from_static(b"ab");
+        let out = null_replies(msg(C::TextInput("hi".into())), &chunk, 0);
+        assert_eq!(
+            out.iter().filter(|s| matches!(s, S::AudioChunk(_))).count(),
+            1
+        );
+        assert!(null_replies(msg(C::AudioChunk(chunk.clone())), &chunk, 2).is_empty());
+        assert!(null_replies(ClientMessage { content: None }, &chunk, 2).is_empty());
+    }
 }
