@@ -68,6 +68,10 @@ stop() {
   wait "$GW_PID" $BASE_PID "$NULL_PID" "$SIM_PID" 2>/dev/null || true
 }
 bench() { "${other_cpu[@]}" "$VOICE_BENCH_BIN" "$@"; }
+overhead_row() { # overhead_row LABEL TARGET PID: one overhead row of the current level
+  echo "| $profile | $1 $(bench overhead --target "$2" --riva "$RIVA" --llm "$LLM" \
+    --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$3" --sim-pid "$SIM_PID")"
+}
 
 # streams:turns:pace_ms (0: back to back)
 pace="${PACE_MS:-5000}"
@@ -85,17 +89,9 @@ for profile in zero seed; do
   start "$profile" --script "$work/short.json"
   for lv in $levels; do
     IFS=: read -r n turns p <<< "$lv"
-    row="$(bench overhead --target "$NULL_ADDR" --riva "$RIVA" --llm "$LLM" \
-      --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$NULL_PID" --sim-pid "$SIM_PID")"
-    echo "| $profile | null (floor) $row"
-    if [ -n "$BASE_PID" ]; then
-      row="$(bench overhead --target "127.0.0.1:$GRPC_B" --riva "$RIVA" --llm "$LLM" \
-        --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$BASE_PID" --sim-pid "$SIM_PID")"
-      echo "| $profile | baseline $row"
-    fi
-    row="$(bench overhead --target "127.0.0.1:$GRPC" --riva "$RIVA" --llm "$LLM" \
-      --streams "$n" --turns "$turns" --pace-ms "$p" --twin-gap-ms "${TWIN_GAP_MS:-0}" --gateway-pid "$GW_PID" --sim-pid "$SIM_PID")"
-    echo "| $profile | HEAD $row"
+    overhead_row "null (floor)" "$NULL_ADDR" "$NULL_PID"
+    if [ -n "$BASE_PID" ]; then overhead_row baseline "127.0.0.1:$GRPC_B" "$BASE_PID"; fi
+    overhead_row HEAD "127.0.0.1:$GRPC" "$GW_PID"
   done
   stop
 done

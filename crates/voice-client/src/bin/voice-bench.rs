@@ -16,8 +16,8 @@
 //! - `idle-memory`: gateway RSS growth per idle stream.
 //! - `histogram`: cost of one histogram observation.
 //! - `null-gateway`: a server of the gateway's API that does no work (`--chunks N` audio chunks
-//!   back at once per text turn, default one) on the same gRPC stack, so `overhead` against it measures the bare
-//!   client ↔ server round trip that every `through` figure contains.
+//!   back at once per text turn, default one) on the same gRPC stack, so `overhead` against it
+//!   measures the bare client ↔ server round trip that every `through` figure contains.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,8 +208,9 @@ enum Cmd {
     },
     /// Serves the gateway's gRPC API doing no work: each text turn gets `--chunks` audio
     /// chunks, timings (first audio and gateway share both 0 ms, so `through` = the client's
-    /// time to first audio) and LISTENING at once. The same stack as voice-gateway (tonic, TCP_NODELAY on accepted
-    /// sockets); `overhead --target` at it measures the round trip alone. Runs until killed.
+    /// time to first audio) and LISTENING at once. The same stack as voice-gateway (tonic,
+    /// TCP_NODELAY on accepted sockets); `overhead --target` at it measures the round trip
+    /// alone. Runs until killed.
     NullGateway {
         /// Address to listen on (port 0: any; the chosen address is printed).
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -614,10 +615,9 @@ struct NullGateway {
     chunks: usize,
 }
 
-/// What the null gateway answers to one client message.
-/// Config: LISTENING "Ready". A text turn: `chunks` (at least one) copies of `chunk`, timings
-/// that report no backend time (first audio = gateway share = 0 ms), then LISTENING. Anything
-/// else: nothing.
+/// What the null gateway answers to one client message. Config: LISTENING "Ready". A text
+/// turn: `chunks` (at least one) copies of `chunk`, timings that report no backend time (first
+/// audio = gateway share = 0 ms), then LISTENING. Anything else: nothing.
 fn null_replies(m: ClientMessage, chunk: &bytes::Bytes, chunks: usize) -> Vec<S> {
     let listening = |message: &str| {
         S::Event(ServerEvent {
