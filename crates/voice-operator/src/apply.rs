@@ -25,8 +25,12 @@
 //! its own write then, for up to [`AWAIT_WATCH`]: the child's watch event follows and
 //! reconciles the pipeline again, against a cache that has it. The trust ends with any watch
 //! event of that child (so a child deleted after its create is re-created by the pass its
-//! delete event triggers) and with a relist of its kind ([`Applier::observe`]).
+//! delete event triggers) and with a relist of its kind ([`Applier::observe`]). [`Applier::apply`],
+//! whose callers read the object back (the gateway Deployment's rollout), trusts its write the
+//! same way by keeping what the API server returned for it until the watch delivers: 1,000
+//! pipelines sent 100–150 such Deployment applies again.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -118,6 +122,10 @@ struct Seen {
     at: Instant,
     /// Written by the applier; its watch has delivered no event of it since.
     awaiting_watch: bool,
+    /// For [`Applier::apply`] callers, which read the object back: what the API server
+    /// returned for that write, kept only while `awaiting_watch`, so that a pass before the
+    /// watch delivers gets it instead of sending the same apply again.
+    written: Option<Arc<dyn Any + Send + Sync>>,
 }
 
 /// What the watch cache shows of a child.
@@ -146,16 +154,16 @@ enum Verdict {
 
 /// Whether to apply a child whose desired object hashes to `desired`, given the applier's memory
 /// of its last apply, what the cache shows, and whether the caller accepts a skip that returns
-/// no object (`trust_own_write`).
+/// no object (`trust_own_write`). A caller that needs the object back trusts its own write
+/// only when the applier kept what that write returned.
 fn verdict(prev: Option<&Seen>, desired: u64, cache: CacheView, trust_own_write: bool) -> Verdict {
     let Some(prev) = prev.filter(|p| p.desired == desired) else {
         return Verdict::Send;
     };
+    let trust = trust_own_write || prev.written.is_some();
     match cache {
         CacheView::Holds(fp) if fp == prev.fingerprint => Verdict::SkipCached,
-        CacheView::Missing
-            if trust_own_write && prev.awaiting_watch && prev.at.elapsed() < AWAIT_WATCH =>
-        {
+        CacheView::Missing if trust && prev.awaiting_watch && prev.at.elapsed() < AWAIT_WATCH => {
             Verdict::SkipAwaitingWatch
         }
         CacheView::NotWatched if prev.at.elapsed() < UNCACHED_RESYNC => Verdict::SkipUncached,
@@ -165,13 +173,17 @@ fn verdict(prev: Option<&Seen>, desired: u64, cache: CacheView, trust_own_write:
 
 type Key = (String, String, String);
 
-/// A kind of child the applier applies: namespaced, serializable both ways.
+/// A kind of child the applier applies: namespaced, serializable both ways, and shareable
+/// between tasks (the applier keeps a just-written object, see [`Seen::written`]).
 pub trait Child:
     Resource<DynamicType = (), Scope = NamespaceResourceScope>
     + Serialize
     + DeserializeOwned
     + Clone
     + Debug
+    + Send
+    + Sync
+    + 'static
 {
 }
 
@@ -181,6 +193,9 @@ impl<K> Child for K where
         + DeserializeOwned
         + Clone
         + Debug
+        + Send
+        + Sync
+        + 'static
 {
 }
 
@@ -248,7 +263,8 @@ impl Applier {
 
     /// Applies `obj` (server-side apply, forced, field manager `voice-operator/<scope>`) unless
     /// `cached` (the watch cache's copy, if the kind is watched) proves it is already as
-    /// applied. Returns the object as the API server or the cache has it.
+    /// applied. Returns the object as the API server or the cache has it, or as the API server
+    /// returned it to this applier's own write that the watch has not delivered yet.
     pub async fn apply<K>(
         &self,
         obj: &K,
@@ -305,6 +321,13 @@ impl Applier {
         };
         match verdict(prev.as_ref(), desired, view, trust_own_write) {
             Verdict::Send => {}
+            Verdict::SkipAwaitingWatch if in_cache.is_none() => {
+                self.metrics.skipped.inc();
+                let written = prev
+                    .and_then(|p| p.written)
+                    .and_then(|w| w.downcast::<K>().ok());
+                return Ok(written);
+            }
             Verdict::SkipCached | Verdict::SkipAwaitingWatch | Verdict::SkipUncached => {
                 self.metrics.skipped.inc();
                 return Ok(in_cache);
@@ -327,16 +350,20 @@ impl Applier {
         // Under the lock that `observe` takes after the cache took an event: either the watch
         // delivered this write already (the cache has the child) or its event clears the flag.
         let awaiting_watch = cached.is_some_and(|s| s.get(&child_ref).is_none());
+        let out = Arc::new(out);
+        let written =
+            (awaiting_watch && !trust_own_write).then(|| out.clone() as Arc<dyn Any + Send + Sync>);
         seen.insert(
             key,
             Seen {
                 desired,
-                fingerprint: fingerprint(&out, obj),
+                fingerprint: fingerprint(out.as_ref(), obj),
                 at: Instant::now(),
                 awaiting_watch,
+                written,
             },
         );
-        Ok(Some(Arc::new(out)))
+        Ok(Some(out))
     }
 
     /// Call with every event of a child watch, after its cache took the event: the watch has
@@ -357,12 +384,14 @@ impl Applier {
                 );
                 if let Some(s) = seen.get_mut(&key) {
                     s.awaiting_watch = false;
+                    s.written = None;
                 }
             }
             watcher::Event::Init => {
                 for ((k, _, _), s) in seen.iter_mut() {
                     if k == kind.as_ref() {
                         s.awaiting_watch = false;
+                        s.written = None;
                     }
                 }
             }
@@ -522,6 +551,7 @@ mod tests {
             fingerprint,
             at: Instant::now() - ago,
             awaiting_watch,
+            written: None,
         }
     }
 
@@ -529,6 +559,13 @@ mod tests {
     fn a_child_the_watch_has_not_delivered_is_trusted_only_by_ensure_and_only_briefly() {
         let fresh = seen(1, 7, Duration::ZERO, true);
         let old = seen(1, 7, AWAIT_WATCH + Duration::from_secs(1), true);
+        let kept = |mut s: Seen| {
+            s.written = Some(Arc::new(deployment(1, &[], &[]))
+                as Arc<dyn std::any::Any + std::marker::Send + Sync>);
+            s
+        };
+        let fresh_kept = kept(seen(1, 7, Duration::ZERO, true));
+        let old_kept = kept(seen(1, 7, AWAIT_WATCH + Duration::from_secs(1), true));
         let delivered = seen(1, 7, Duration::ZERO, false);
         let recent_unwatched = seen(1, 7, Duration::from_secs(1), false);
         let old_unwatched = seen(1, 7, UNCACHED_RESYNC + Duration::from_secs(1), false);
@@ -549,7 +586,23 @@ mod tests {
                 Missing,
                 false,
                 Send,
-                "apply returns the object: never trusts",
+                "apply returns the object: no kept write, no trust",
+            ),
+            (
+                Some(&fresh_kept),
+                1,
+                Missing,
+                false,
+                SkipAwaitingWatch,
+                "apply returns the object: the kept write",
+            ),
+            (
+                Some(&old_kept),
+                1,
+                Missing,
+                false,
+                Send,
+                "apply returns the object: kept too long ago",
             ),
             (
                 Some(&fresh),
