@@ -125,8 +125,11 @@ struct Seen {
     /// For [`Applier::apply`] callers, which read the object back: what the API server
     /// returned for that write, kept only while `awaiting_watch`, so that a pass before the
     /// watch delivers gets it instead of sending the same apply again.
-    written: Option<Arc<dyn Any + Send + Sync>>,
+    written: Option<Written>,
 }
+
+/// A child object as the API server returned it to a write, of any kind.
+type Written = Arc<dyn Any + Send + Sync>;
 
 /// What the watch cache shows of a child.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -351,8 +354,7 @@ impl Applier {
         // delivered this write already (the cache has the child) or its event clears the flag.
         let awaiting_watch = cached.is_some_and(|s| s.get(&child_ref).is_none());
         let out = Arc::new(out);
-        let written =
-            (awaiting_watch && !trust_own_write).then(|| out.clone() as Arc<dyn Any + Send + Sync>);
+        let written = (awaiting_watch && !trust_own_write).then(|| out.clone() as Written);
         seen.insert(
             key,
             Seen {
@@ -556,12 +558,12 @@ mod tests {
     }
 
     #[test]
-    fn a_child_the_watch_has_not_delivered_is_trusted_only_by_ensure_and_only_briefly() {
+    fn a_child_the_watch_has_not_delivered_is_trusted_briefly_by_ensure_and_by_apply_with_the_write_kept()
+     {
         let fresh = seen(1, 7, Duration::ZERO, true);
         let old = seen(1, 7, AWAIT_WATCH + Duration::from_secs(1), true);
         let kept = |mut s: Seen| {
-            s.written = Some(Arc::new(deployment(1, &[], &[]))
-                as Arc<dyn std::any::Any + std::marker::Send + Sync>);
+            s.written = Some(Arc::new(deployment(1, &[], &[])) as super::Written);
             s
         };
         let fresh_kept = kept(seen(1, 7, Duration::ZERO, true));
