@@ -226,12 +226,30 @@ impl Plane {
 }
 
 impl Drop for Plane {
+    /// A private plane is stopped, and its directory (etcd data, certificates, logs) and lock
+    /// file removed, unless the test is failing or `VOICE_KEEP_PLANES` is set: then they are
+    /// kept for reading.
     fn drop(&mut self) {
         if self.owned {
             let script = repo_root().join("tests/plane/down.sh");
             let _ = Command::new(script).arg("--dir").arg(&self.dir).output();
+            if keep_private_plane(
+                std::thread::panicking(),
+                std::env::var_os("VOICE_KEEP_PLANES"),
+            ) {
+                eprintln!("private plane kept: {}", self.dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                let _ = std::fs::remove_file(self.dir.with_extension("lock"));
+            }
         }
     }
+}
+
+/// Whether a stopped private plane's directory stays: when its test is failing, or when
+/// `VOICE_KEEP_PLANES` is set to anything but empty or `0`.
+fn keep_private_plane(failing: bool, keep_var: Option<std::ffi::OsString>) -> bool {
+    failing || keep_var.is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// A namespace of one test: deleted when dropped, unless the test is failing, in which case it
@@ -364,4 +382,18 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_private_plane;
+
+    #[test]
+    fn a_private_plane_is_kept_only_for_a_failing_test_or_when_asked() {
+        assert!(!keep_private_plane(false, None));
+        assert!(keep_private_plane(true, None));
+        assert!(keep_private_plane(false, Some("1".into())));
+        assert!(!keep_private_plane(false, Some("0".into())));
+        assert!(!keep_private_plane(false, Some("".into())));
+    }
 }
