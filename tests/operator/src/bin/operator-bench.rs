@@ -144,22 +144,114 @@ struct DeploymentTimes {
 
 fn track_deployments(client: &Client, ns: &str, t0: Instant) -> Arc<Mutex<DeploymentTimes>> {
     let times: Arc<Mutex<DeploymentTimes>> = Arc::default();
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let t = times.clone();
+    on_each(
+        Api::<Deployment>::namespaced(client.clone(), ns),
+        move |d| {
+            let at = t0.elapsed().as_secs_f64();
+            let mut t = t.lock().unwrap();
+            t.created.entry(d.name_any()).or_insert(at);
+            if available(&d) {
+                t.available.entry(d.name_any()).or_insert(at);
+            }
+        },
+    );
+    times
+}
+
+/// Calls `f` with every object a watch of `api` sees created or changed, in a task of its own.
+fn on_each<K>(api: Api<K>, mut f: impl FnMut(K) + Send + 'static)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     tokio::spawn(async move {
         let mut s = watcher(api, watcher::Config::default()).boxed();
         while let Ok(Some(ev)) = s.try_next().await {
-            if let watcher::Event::Apply(d) | watcher::Event::InitApply(d) = ev {
-                let at = t0.elapsed().as_secs_f64();
-                let mut t = t.lock().unwrap();
-                t.created.entry(d.name_any()).or_insert(at);
-                if available(&d) {
-                    t.available.entry(d.name_any()).or_insert(at);
-                }
+            if let watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) = ev {
+                f(obj);
             }
         }
     });
-    times
+}
+
+/// When each Service of `ns` was first seen by a watch (seconds after `t0`): the end of its
+/// create, ClusterIP allocated.
+fn track_services(client: &Client, ns: &str, t0: Instant) -> Arc<Mutex<HashMap<String, f64>>> {
+    let seen: Arc<Mutex<HashMap<String, f64>>> = Arc::default();
+    let s = seen.clone();
+    on_each(Api::<Service>::namespaced(client.clone(), ns), move |svc| {
+        let at = t0.elapsed().as_secs_f64();
+        s.lock().unwrap().entry(svc.name_any()).or_insert(at);
+    });
+    seen
+}
+
+/// Busy and total jiffies of all cores so far (the `cpu` line of /proc/stat; idle and iowait
+/// are not busy).
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// One row of the scale run's timeline (for the log): counts reached by `at` seconds, and how
+/// many of the machine's cores were busy since the previous row.
+struct Tick {
+    at: f64,
+    deployments_available: usize,
+    services: usize,
+    ready: usize,
+    busy_cores: f64,
+}
+
+/// Samples the scale run every `every` until `stop` is set: where the time goes at the end
+/// of the run (which lane is last, and whether the cores are still saturated then).
+fn sample_timeline(
+    every: Duration,
+    t0: Instant,
+    deployments: Arc<Mutex<DeploymentTimes>>,
+    services: Arc<Mutex<HashMap<String, f64>>>,
+    pipelines: Arc<Mutex<PipelineView>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Tick>> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    tokio::spawn(async move {
+        let mut ticks = Vec::new();
+        let mut prev = machine_jiffies();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(every).await;
+            let now = machine_jiffies();
+            let (busy, total) = (now.0 - prev.0, now.1 - prev.1);
+            prev = now;
+            ticks.push(Tick {
+                at: t0.elapsed().as_secs_f64(),
+                deployments_available: deployments.lock().unwrap().available.len(),
+                services: services.lock().unwrap().len(),
+                ready: pipelines
+                    .lock()
+                    .unwrap()
+                    .ready
+                    .values()
+                    .filter(|r| **r)
+                    .count(),
+                busy_cores: if total == 0 {
+                    0.0
+                } else {
+                    cores * busy as f64 / total as f64
+                },
+            });
+        }
+        ticks
+    })
 }
 
 /// What a watch last saw of each pipeline of `ns`: Ready at its generation, and the `Ready`
@@ -175,28 +267,25 @@ struct PipelineView {
 
 fn track_pipelines(client: &Client, ns: &str) -> Arc<Mutex<PipelineView>> {
     let view: Arc<Mutex<PipelineView>> = Arc::default();
-    let api: Api<VoicePipeline> = Api::namespaced(client.clone(), ns);
     let v = view.clone();
-    tokio::spawn(async move {
-        let mut s = watcher(api, watcher::Config::default()).boxed();
-        while let Ok(Some(ev)) = s.try_next().await {
-            if let watcher::Event::Apply(vp) | watcher::Event::InitApply(vp) = ev {
-                let st = vp.status.as_ref();
-                let cond = st.and_then(|s| s.condition("Ready"));
-                let is_ready = st.and_then(|s| s.observed_generation) == vp.metadata.generation
-                    && cond.is_some_and(|c| c.status == "True");
-                let mut v = v.lock().unwrap();
-                v.ready.insert(vp.name_any(), is_ready);
-                if let Some(c) = cond {
-                    let seen = format!("{}: {}", c.reason, c.message);
-                    let list = v.ready_conditions.entry(vp.name_any()).or_default();
-                    if list.last() != Some(&seen) {
-                        list.push(seen);
-                    }
+    on_each(
+        Api::<VoicePipeline>::namespaced(client.clone(), ns),
+        move |vp| {
+            let st = vp.status.as_ref();
+            let cond = st.and_then(|s| s.condition("Ready"));
+            let is_ready = st.and_then(|s| s.observed_generation) == vp.metadata.generation
+                && cond.is_some_and(|c| c.status == "True");
+            let mut v = v.lock().unwrap();
+            v.ready.insert(vp.name_any(), is_ready);
+            if let Some(c) = cond {
+                let seen = format!("{}: {}", c.reason, c.message);
+                let list = v.ready_conditions.entry(vp.name_any()).or_default();
+                if list.last() != Some(&seen) {
+                    list.push(seen);
                 }
             }
-        }
-    });
+        },
+    );
     view
 }
 
@@ -290,18 +379,12 @@ where
         + Send
         + 'static,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
     let kind = K::kind(&()).to_string();
-    tokio::spawn(async move {
-        let mut s = watcher(api, watcher::Config::default()).boxed();
-        while let Ok(Some(ev)) = s.try_next().await {
-            if let watcher::Event::Apply(o) | watcher::Event::InitApply(o) = ev {
-                seen.lock()
-                    .unwrap()
-                    .entry(format!("{kind}/{}", o.name_any()))
-                    .or_insert_with(Instant::now);
-            }
-        }
+    on_each(Api::<K>::namespaced(client.clone(), ns), move |o| {
+        seen.lock()
+            .unwrap()
+            .entry(format!("{kind}/{}", o.name_any()))
+            .or_insert_with(Instant::now);
     });
 }
 
@@ -614,7 +697,17 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     let api: Api<VoicePipeline> = Api::namespaced(client.clone(), "bench-scale");
     let t0 = Instant::now();
     let times = track_deployments(&client, "bench-scale", t0);
+    let services = track_services(&client, "bench-scale", t0);
     let pipelines = track_pipelines(&client, "bench-scale");
+    let stop_sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timeline = sample_timeline(
+        Duration::from_secs(5),
+        t0,
+        times.clone(),
+        services.clone(),
+        pipelines.clone(),
+        stop_sampling.clone(),
+    );
     futures::stream::iter(0..args.scale)
         .map(|i| {
             let api = api.clone();
@@ -656,6 +749,17 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     let reconciles1 = operator_metric(&admin, "voice_operator_reconciles_total").await;
     let skipped1 = operator_metric(&admin, "voice_operator_apply_skipped_total").await;
     let events1 = operator_metric(&admin, "voice_operator_api_writes_total{kind=\"Event\"").await;
+    stop_sampling.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        ">> scale run, timeline (s: Deployments available, Services created, pipelines Ready; busy cores of {}):",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for t in timeline.await? {
+        eprintln!(
+            "     {:>5.1}: {:>5} {:>5} {:>5}; {:.2}",
+            t.at, t.deployments_available, t.services, t.ready, t.busy_cores
+        );
+    }
     eprintln!(">> scale run, the paths of the Ready condition (pipelines: path):");
     for (n, path) in ready_paths(&pipelines.lock().unwrap()) {
         eprintln!("     {n:>5}: {path}");
