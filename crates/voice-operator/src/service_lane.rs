@@ -3,8 +3,9 @@
 //! kube-apiserver (1.33+) allocates a ClusterIP, an IPAddress object, while holding one lock
 //! for the whole API server (`MetaAllocator.AllocateNextService`) across a loopback create of
 //! that IPAddress: Service creates run one at a time, whoever sends them, and each takes as
-//! long as one API write on the server (~15 ms idle, 70–200 ms on this project's busy 2-core
-//! plane). When every reconcile awaited its own Service create, the reconcile slots sat in that
+//! long as one API write on the server (~15 ms idle; 300–700 ms on this project's 2-core plane
+//! while 1,000 Deployments roll out, by kube-apiserver's own traces: see BENCHMARKS.md, "Eighth
+//! session"). When every reconcile awaited its own Service create, the reconcile slots sat in that
 //! queue and every other child of every pipeline waited behind it (1,000 pipelines: ~5
 //! reconciles a second). Updates of an existing Service allocate nothing.
 //!
@@ -192,9 +193,20 @@ impl ServiceLane {
             self.retries.clone(),
         );
         tokio::spawn(async move {
+            let queued = std::time::Instant::now();
             let result = {
                 let _permit = creates.acquire_owned().await;
-                apply(svc, scope).await
+                let sent = std::time::Instant::now();
+                let result = apply(svc, scope).await;
+                // When each create waited and ran, to line up with the API server's own log.
+                tracing::debug!(
+                    service = %key,
+                    queued_ms = (sent - queued).as_secs_f64() * 1e3,
+                    create_ms = sent.elapsed().as_secs_f64() * 1e3,
+                    ok = result.is_ok(),
+                    "Service create answered"
+                );
+                result
             };
             let Err(e) = result else { return };
             let mut entries = entries.lock().expect("not poisoned");
