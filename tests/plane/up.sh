@@ -135,7 +135,9 @@ launch etcd --name=voice-local --data-dir="$dir/etcd" \
   --unsafe-no-fsync --quota-backend-bytes=4294967296 --log-level=warn
 
 # A /16 of Service addresses: the scale benchmark creates a Service per pipeline, thousands.
-launch kube-apiserver \
+# VOICE_PLANE_APISERVER_V sets its klog verbosity (default 0): at 2 and above it logs the trace
+# of every request that took over 500 ms ("Trace[...]"), which it does not at 0.
+launch kube-apiserver --v="${VOICE_PLANE_APISERVER_V:-0}" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --cert-dir="$pki" --tls-cert-file="$pki/apiserver.crt" --tls-private-key-file="$pki/apiserver.key" \
   --client-ca-file="$pki/ca.crt" \
