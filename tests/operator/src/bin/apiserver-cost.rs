@@ -1,14 +1,17 @@
 //! What each kind of write the operator makes costs the API server: on a fresh private plane
 //! with no operator, N writes of one kind at a time (8 in flight), and the CPU seconds
 //! kube-apiserver and etcd spent meanwhile, per write. Diagnostic: `apiserver-cost [N=300]`.
+//! Two rows after the status rows vary one status write: fewer conditions, and the CRD without
+//! its CEL rules.
 
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+use kube::{Api, Client, CustomResourceExt};
 use operator_tests::install_crd;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -20,6 +23,24 @@ use voice_operator::status::{self, Observed, Outcome, Rollout};
 use voice_types::VoicePipeline;
 
 const NS: &str = "cost";
+
+/// The CRD of `crds/` without its `x-kubernetes-validations` (CEL rules), to measure what
+/// they cost.
+fn crd_without_cel() -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.remove("x-kubernetes-validations");
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut crd = serde_json::to_value(VoicePipeline::crd()).expect("CRD serializes");
+    strip(&mut crd);
+    crd
+}
 
 fn pipeline(name: &str) -> VoicePipeline {
     serde_json::from_value(serde_json::json!({
@@ -124,8 +145,8 @@ fn main() -> anyhow::Result<()> {
         })
         .await;
         let now = Time(k8s_openapi::jiff::Timestamp::now());
-        let status_for = |i: usize, available: i32| {
-            let vp = pipeline(&format!("p-{i}"));
+        let status_for = |name: &str, available: i32| {
+            let vp = pipeline(name);
             let v = validate(&vp).expect("valid");
             let obs = Observed {
                 gateway: Some(Rollout {
@@ -155,7 +176,7 @@ fn main() -> anyhow::Result<()> {
         ] {
             measure(&plane, what, n, |i| {
                 let vps = vps.clone();
-                let st = status_for(i, available);
+                let st = status_for(&format!("p-{i}"), available);
                 async move {
                     let patch = serde_json::json!({
                         "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
@@ -174,7 +195,7 @@ fn main() -> anyhow::Result<()> {
         }
         measure(&plane, "PATCH (merge) VoicePipeline status (a condition changes)", n, |i| {
             let vps = vps.clone();
-            let st = status_for(i, 0);
+            let st = status_for(&format!("p-{i}"), 0);
             async move {
                 let patch = serde_json::json!({"status": st});
                 vps.patch_status(
@@ -187,6 +208,64 @@ fn main() -> anyhow::Result<()> {
             }
         })
         .await;
+        // What one status write's cost depends on: its conditions (the operator writes 7), and
+        // the CRD's CEL rules (the last row, once the CRD has none). Each row has pipelines of
+        // its own with a first status written beforehand, so it measures a change of `Ready`.
+        let apply_status = |name: String, available: i32, conditions: usize| {
+            let vps = vps.clone();
+            let mut st = status_for(&name, available);
+            st.conditions.truncate(conditions);
+            async move {
+                let patch = serde_json::json!({
+                    "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
+                    "status": st,
+                });
+                vps.patch_status(
+                    &name,
+                    &PatchParams::apply("voice-operator/status").force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
+        for (prefix, conditions, cel) in [("one", 1, true), ("nocel", 7, false)] {
+            if !cel {
+                let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+                crds.patch(
+                    "voicepipelines.voice.workflow.io",
+                    &PatchParams::apply("apiserver-cost").force(),
+                    &Patch::Apply(&crd_without_cel()),
+                )
+                .await?;
+                // Until the server serves the new schema: a spec a CEL rule rejects is accepted.
+                let mut bad = pipeline("cel-probe");
+                bad.spec.gateway.grpc_port = bad.spec.gateway.metrics_port;
+                let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+                while vps.create(&dry_run, &bad).await.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            }
+            futures::stream::iter(0..n)
+                .map(|i| {
+                    let vps = vps.clone();
+                    let apply_status = &apply_status;
+                    async move {
+                        let mut vp = pipeline(&format!("{prefix}-{i}"));
+                        (vp.metadata.uid, vp.metadata.generation) = (None, None);
+                        vps.create(&PostParams::default(), &vp).await?;
+                        apply_status(format!("{prefix}-{i}"), 0, conditions).await
+                    }
+                })
+                .buffer_unordered(8)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let what = match cel {
+                true => format!("APPLY VoicePipeline status (a condition changes), {conditions} of its 7 conditions"),
+                false => "APPLY VoicePipeline status (a condition changes), the CRD without its CEL rules".to_string(),
+            };
+            measure(&plane, &what, n, |i| apply_status(format!("{prefix}-{i}"), 1, conditions)).await;
+        }
         let children = |i: usize| build(&validate(&pipeline(&format!("c-{i}"))).expect("valid"));
         measure(&plane, "APPLY ConfigMap (gateway configuration)", n, |i| {
             let c = children(i);
