@@ -886,6 +886,12 @@ fn table(args: &Args, plane_only: &PlaneOnly, runs: &[(&str, Run)]) -> String {
         "",
     );
     row(
+        "… all Ready as a multiple of the plane alone (less sensitive to the speed of the day)"
+            .into(),
+        &|r| format!("{:.2}×", r.ready_after / plane_only.all),
+        "",
+    );
+    row(
         "plane CPU by component: scale run (create → all Ready); the plane alone's run beneath"
             .into(),
         &|r| format!("{}<br>alone: {}", r.plane_cpu_scale, plane_only.cpu),
