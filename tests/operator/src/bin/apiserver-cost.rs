@@ -169,29 +169,32 @@ fn main() -> anyhow::Result<()> {
             };
             status::compute(&v, None, &obs, &now)
         };
+        // A status apply as the operator sends it, with its first `conditions` conditions.
+        const ALL: usize = usize::MAX;
+        let apply_status = |name: String, available: i32, conditions: usize| {
+            let vps = vps.clone();
+            let mut st = status_for(&name, available);
+            st.conditions.truncate(conditions);
+            async move {
+                let patch = serde_json::json!({
+                    "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
+                    "status": st,
+                });
+                vps.patch_status(
+                    &name,
+                    &PatchParams::apply("voice-operator/status").force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
         for (what, available) in [
             ("APPLY VoicePipeline status (first)", 0),
             ("APPLY VoicePipeline status (a condition changes)", 1),
             ("APPLY VoicePipeline status (unchanged: no write)", 1),
         ] {
-            measure(&plane, what, n, |i| {
-                let vps = vps.clone();
-                let st = status_for(&format!("p-{i}"), available);
-                async move {
-                    let patch = serde_json::json!({
-                        "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
-                        "status": st,
-                    });
-                    vps.patch_status(
-                        &format!("p-{i}"),
-                        &PatchParams::apply("voice-operator/status").force(),
-                        &Patch::Apply(&patch),
-                    )
-                    .await
-                    .map(|_| ())
-                }
-            })
-            .await;
+            measure(&plane, what, n, |i| apply_status(format!("p-{i}"), available, ALL)).await;
         }
         measure(&plane, "PATCH (merge) VoicePipeline status (a condition changes)", n, |i| {
             let vps = vps.clone();
@@ -211,24 +214,6 @@ fn main() -> anyhow::Result<()> {
         // What one status write's cost depends on: its conditions (the operator writes 7), and
         // the CRD's CEL rules (the last row, once the CRD has none). Each row has pipelines of
         // its own with a first status written beforehand, so it measures a change of `Ready`.
-        let apply_status = |name: String, available: i32, conditions: usize| {
-            let vps = vps.clone();
-            let mut st = status_for(&name, available);
-            st.conditions.truncate(conditions);
-            async move {
-                let patch = serde_json::json!({
-                    "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
-                    "status": st,
-                });
-                vps.patch_status(
-                    &name,
-                    &PatchParams::apply("voice-operator/status").force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-                .map(|_| ())
-            }
-        };
         for (prefix, conditions, cel) in [("one", 1, true), ("nocel", 7, false)] {
             if !cel {
                 let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
