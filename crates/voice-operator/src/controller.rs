@@ -37,6 +37,7 @@ use voice_types::{VoicePipeline, VoicePipelineStatus};
 
 use crate::admin::{self, Health};
 use crate::apply::{Applier, ApplyError, hash_of};
+use crate::backoff::{Backoff, Pass};
 use crate::build::{Children, build};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
@@ -142,8 +143,8 @@ pub struct Context {
     pub stores: Stores,
     /// Which monitoring kinds are served.
     pub monitoring: Arc<MonitoringKinds>,
-    /// Consecutive failures per pipeline, for backoff.
-    failures: std::sync::Mutex<HashMap<ObjectRef<DeserializeGuard<VoicePipeline>>, u32>>,
+    /// Consecutive failed passes per pipeline, for the retries' backoff.
+    backoff: Arc<Backoff>,
     /// The status last written per pipeline (uid), and when: the watch cache can lag behind
     /// our own write, and a pass on the stale copy must not write the same status again.
     written: std::sync::Mutex<HashMap<String, (VoicePipelineStatus, Instant)>>,
@@ -231,19 +232,15 @@ async fn reconcile(
                     &reference,
                 )
                 .await;
-            Ok(Action::await_change())
+            Ok(Pass::Done)
         }
     };
     ctx.metrics
         .duration
         .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("not poisoned")
-            .remove(&ObjectRef::from_obj(guard.as_ref()));
-    }
-    result
+    Ok(ctx
+        .backoff
+        .after(&ObjectRef::from_obj(guard.as_ref()), result?))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -257,7 +254,7 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action, ReconcileError> {
+async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, ReconcileError> {
     let ns = vp.namespace().unwrap_or_default();
     let api: Api<VoicePipeline> = Api::namespaced(ctx.client.clone(), &ns);
 
@@ -312,11 +309,11 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Action,
         publish(ctx, vp, EventType::Warning, &err.reason, &err.message).await;
         ctx.metrics.error(&err.reason);
         // Retry with backoff; the status already says why.
-        return Ok(Action::requeue(backoff(ctx, vp)));
+        return Ok(Pass::Retry);
     }
     // A Service still being created brings the pipeline back by its watch event once
     // created, or through the lane's `reconcile_on` stream if its create failed.
-    Ok(Action::await_change())
+    Ok(Pass::Done)
 }
 
 fn needs_finalizer_after(v: &Validated, o: &Observed) -> bool {
@@ -346,15 +343,6 @@ fn pass_error(e: &ApplyError) -> PassError {
         message: format!("{e}{hint}"),
         permanent: e.is_permanent(),
     }
-}
-
-fn backoff(ctx: &Context, vp: &VoicePipeline) -> Duration {
-    let key = ObjectRef::<DeserializeGuard<VoicePipeline>>::new(&vp.name_any())
-        .within(&vp.namespace().unwrap_or_default());
-    let mut f = ctx.failures.lock().expect("not poisoned");
-    let n = f.entry(key).or_insert(0);
-    *n = n.saturating_add(1);
-    Duration::from_millis((500u64 << (*n).min(10)).min(300_000))
 }
 
 /// Applies every child; records what it saw for the status step.
@@ -648,7 +636,7 @@ async fn stall_invalid(
     ctx: &Context,
     api: &Api<VoicePipeline>,
     e: &ValidateError,
-) -> Result<Action, ReconcileError> {
+) -> Result<Pass, ReconcileError> {
     let msg = format!("invalid spec: {e}");
     tracing::warn!(namespace = ?vp.namespace(), name = %vp.name_any(), error = %e, "invalid VoicePipeline");
     let now = Time(k8s_openapi::jiff::Timestamp::now());
@@ -658,7 +646,7 @@ async fn stall_invalid(
         ctx.metrics.error("InvalidSpec");
     }
     write_status(vp, ctx, api, &new).await?;
-    Ok(Action::await_change())
+    Ok(Pass::Done)
 }
 
 async fn set_finalizer(
@@ -701,9 +689,9 @@ async fn finalize(
     vp: &VoicePipeline,
     ctx: &Context,
     api: &Api<VoicePipeline>,
-) -> Result<Action, ReconcileError> {
+) -> Result<Pass, ReconcileError> {
     if !vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER) {
-        return Ok(Action::await_change());
+        return Ok(Pass::Done);
     }
     let name = format!(
         "voice-dashboard-{}-{}",
@@ -734,7 +722,7 @@ async fn finalize(
         }
     }
     set_finalizer(vp, ctx, api, false).await?;
-    Ok(Action::await_change())
+    Ok(Pass::Done)
 }
 
 async fn publish(ctx: &Context, vp: &VoicePipeline, type_: EventType, reason: &str, note: &str) {
@@ -769,10 +757,13 @@ fn error_policy(
 ) -> Action {
     tracing::warn!(object = ?ObjectRef::from_obj(guard.as_ref()), error = %err, "reconcile failed");
     ctx.metrics.error(err.reason());
-    let mut f = ctx.failures.lock().expect("not poisoned");
-    let n = f.entry(ObjectRef::from_obj(guard.as_ref())).or_insert(0);
-    *n = n.saturating_add(1);
-    Action::requeue(Duration::from_millis((500u64 << (*n).min(10)).min(300_000)))
+    // Told to the pipeline's owner too: the status write may be what failed.
+    if let Ok(vp) = &guard.0 {
+        let (ctx, vp, reason, note) = (ctx.clone(), vp.clone(), err.reason(), err.to_string());
+        tokio::spawn(async move { publish(&ctx, &vp, EventType::Warning, reason, &note).await });
+    }
+    ctx.backoff
+        .after(&ObjectRef::from_obj(guard.as_ref()), Pass::Retry)
 }
 
 // === watches ===
@@ -1167,6 +1158,7 @@ pub async fn run_on(
             all_namespaces: ns.is_none(),
             dashboards: dashboard_stores.clone(),
         };
+        let backoff = Arc::new(Backoff::default());
         let ctx = Arc::new(Context {
             client: client.clone(),
             recorder: recorder.clone(),
@@ -1175,7 +1167,7 @@ pub async fn run_on(
             service_lane: service_lane.clone(),
             stores: stores.clone(),
             monitoring: kinds.clone(),
-            failures: Default::default(),
+            backoff: backoff.clone(),
             written: Default::default(),
             events: Default::default(),
         });
@@ -1238,14 +1230,16 @@ pub async fn run_on(
                 .run(reconcile, error_policy, ctx)
                 .for_each(move |res| {
                     let lane = service_lane.clone();
+                    let backoff = backoff.clone();
                     async move {
                         match res {
                             Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
                             Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {} // logged by error_policy
                             // A child's event after its pipeline was deleted (garbage collection):
-                            // nothing to do but forget its Service creates.
+                            // nothing to do but forget its Service creates and failures.
                             Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
                                 lane.forget(obj.namespace.as_deref(), &obj.name);
+                                backoff.forget(obj.namespace.as_deref(), &obj.name);
                                 tracing::debug!(object = %obj, "pipeline gone; child event ignored")
                             }
                             Err(e) => tracing::warn!(error = %e, "controller"),

@@ -11,6 +11,7 @@
 //!                    │           service_lane::ServiceLane: new Services, a few at a time, off the pass
 //!                    │           + delete the children a switched-off component no longer has
 //!                    └ status    status::compute        (pure)  → written only when it changed
+//!                  ─► backoff::Backoff: a failed pass runs again after 1 s, 2 s, 4 s, … 5 min
 //! ```
 //!
 //! `controller` wires the steps to kube-runtime; `admin` serves `/metrics`, `/livez`,
@@ -19,6 +20,7 @@
 
 pub mod admin;
 pub mod apply;
+pub mod backoff;
 pub mod build;
 pub mod controller;
 pub mod leader;

@@ -250,13 +250,20 @@ async fn admin_endpoints_tell_the_truth() {
         "True",
         "the pipeline still serves"
     );
+    let not_found = || op.metric("voice_operator_reconcile_errors_total{reason=\"NotFound\"}");
     eventually(Duration::from_secs(10), || async {
-        (op.metric("voice_operator_reconcile_errors_total{reason=\"NotFound\"}")
-            .await
-            > 0.0)
-            .then_some(())
+        (not_found().await > 0.0).then_some(())
     })
     .await;
+    // Retried with a growing backoff (1, 2, 4, 8 s…), not every second: a refusal that lasts
+    // must not become a stream of failed writes.
+    let before = not_found().await;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let retries = not_found().await - before;
+    assert!(
+        (1.0..=5.0).contains(&retries),
+        "{retries} failed passes in 12 s; the backoff allows 3 or 4"
+    );
     // The dashboard finalizer goes with the pipeline while the operator still runs; a pipeline
     // left behind would keep the namespace Terminating on the shared plane for good.
     api.delete("demo", &Default::default()).await.unwrap();
