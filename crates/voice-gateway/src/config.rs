@@ -94,7 +94,8 @@ pub struct Config {
     /// TTS output sample rate.
     #[arg(long, env = "TTS_SAMPLE_RATE", default_value_t = 16_000)]
     pub tts_sample_rate: i32,
-    /// Ours: longest wait, in seconds, for a Riva answer (TTS chunk, ASR end of stream).
+    /// Ours: longest wait, in seconds, for a Riva answer (TTS chunk, ASR end of stream after the
+    /// client's end of audio; speech still without its final transcript then is an ASR timeout).
     #[arg(long, env = "RIVA_TIMEOUT", default_value_t = 10.0)]
     pub riva_timeout: f64,
     /// Ours: seconds a stream's outbound queue may stay full (its client reads nothing) before

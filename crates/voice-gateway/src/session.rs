@@ -269,6 +269,21 @@ struct AsrEvent {
     is_final: bool,
 }
 
+/// One open Riva `StreamingRecognize` call: the events its reader task forwards, and that task,
+/// aborted on drop (which cancels the call), so a Riva that never answers or never closes
+/// cannot keep a call open beyond its session.
+#[derive(Debug)]
+struct AsrCall {
+    events: mpsc::Receiver<Result<AsrEvent, Status>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for AsrCall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Keeps `voice_gateway_active_streams` right however the session ends.
 struct ActiveGuard(Arc<Shared>);
 
@@ -374,7 +389,7 @@ struct Session {
     current: Option<Running>,
     pending: VecDeque<Pending>,
     asr_audio: Option<mpsc::Sender<Bytes>>,
-    asr_events: Option<mpsc::Receiver<Result<AsrEvent, Status>>>,
+    asr_call: Option<AsrCall>,
     asr_deadline: Option<Instant>,
     utterance_start: Option<Instant>,
     input_closed: bool,
@@ -432,7 +447,7 @@ impl Session {
             current: None,
             pending: VecDeque::new(),
             asr_audio: None,
-            asr_events: None,
+            asr_call: None,
             asr_deadline: None,
             utterance_start: None,
             input_closed: false,
@@ -507,7 +522,7 @@ impl Session {
         self.send0(event(EventType::Listening, "Ready")).await?;
         let mut drain = self.ctx.shared.drain.clone();
         loop {
-            let asr_open = self.asr_events.is_some();
+            let asr_open = self.asr_call.is_some();
             let has_turn = self.current.is_some();
             let asr_done = self.input_closed && !asr_open;
             if (self.draining || asr_done) && self.current.is_none() && self.pending.is_empty() {
@@ -516,14 +531,14 @@ impl Session {
             }
             let deadline = self.asr_deadline;
             let running = self.current.as_mut().map(|r| &mut r.handle);
-            let asr_events = self.asr_events.as_mut();
+            let asr_call = self.asr_call.as_mut();
             let input_closed = self.input_closed;
             let draining = self.draining;
             let ev = tokio::select! {
                 biased;
                 r = async { running.expect("guarded").await }, if has_turn => Ev::Turn(r),
                 _ = drain.wait_for(|d| *d), if !draining => Ev::Drain,
-                ev = async { asr_events.expect("guarded").recv().await }, if asr_open => Ev::Asr(ev),
+                ev = async { asr_call.expect("guarded").events.recv().await }, if asr_open => Ev::Asr(ev),
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
                     if deadline.is_some() && asr_open => Ev::AsrDeadline,
                 m = inbound.message(), if !input_closed => Ev::Client(m),
@@ -537,11 +552,7 @@ impl Session {
                     self.asr_audio = None;
                 }
                 Ev::Asr(ev) => self.on_asr(ev).await?,
-                Ev::AsrDeadline => {
-                    warn!("ASR did not close its stream after the end of audio");
-                    self.asr_events = None;
-                    self.asr_deadline = None;
-                }
+                Ev::AsrDeadline => self.asr_timed_out()?,
                 Ev::Client(m) => self.on_client(m).await?,
             }
         }
@@ -554,7 +565,7 @@ impl Session {
                 debug!("client closed its side");
                 self.input_closed = true;
                 self.asr_audio = None;
-                if self.asr_events.is_some() {
+                if self.asr_call.is_some() {
                     self.asr_deadline =
                         Some(Instant::now() + self.ctx.shared.config.riva_timeout());
                 }
@@ -574,8 +585,7 @@ impl Session {
                 if self.draining || audio.is_empty() {
                     return Ok(());
                 }
-                if self.asr_audio.as_ref().is_none_or(|a| a.is_closed())
-                    && self.asr_events.is_none()
+                if self.asr_audio.as_ref().is_none_or(|a| a.is_closed()) && self.asr_call.is_none()
                 {
                     self.open_asr();
                 }
@@ -612,7 +622,7 @@ impl Session {
             interim: self.ctx.shared.config.asr_interim_results,
         };
         let riva = self.ctx.shared.riva.clone();
-        tokio::spawn(
+        let task = tokio::spawn(
             async move {
                 let mut stream = match riva.streaming_recognize(&params, arx).await {
                     Ok(s) => s,
@@ -648,13 +658,32 @@ impl Session {
             .in_current_span(),
         );
         self.asr_audio = Some(atx);
-        self.asr_events = Some(erx);
+        self.asr_call = Some(AsrCall { events: erx, task });
+    }
+
+    /// RIVA_TIMEOUT has passed since the client's end of audio and the ASR call is still open.
+    /// Speech still waiting for its final transcript is lost: a backend failure (`timeout`),
+    /// like an LLM or TTS stall. With every utterance transcribed, only the close is missing:
+    /// the call is dropped and the session goes on.
+    fn asr_timed_out(&mut self) -> Result<(), End> {
+        self.asr_call = None;
+        self.asr_deadline = None;
+        if self.utterance_start.is_some() {
+            let secs = self.ctx.shared.config.riva_timeout;
+            return Err(End::Failed(TurnError::backend(
+                Stage::Asr,
+                "timeout",
+                format!("no final transcript within RIVA_TIMEOUT={secs} s of the end of audio"),
+            )));
+        }
+        warn!("ASR did not close its stream after the end of audio");
+        Ok(())
     }
 
     async fn on_asr(&mut self, ev: Option<Result<AsrEvent, Status>>) -> Result<(), End> {
         let ev = match ev {
             None => {
-                self.asr_events = None;
+                self.asr_call = None;
                 self.asr_audio = None;
                 self.asr_deadline = None;
                 return Ok(());
@@ -1046,6 +1075,20 @@ mod tests {
         let first = out.next().await.expect("an item");
         assert_eq!(first.unwrap_err().code(), tonic::Code::ResourceExhausted);
         assert!(out.next().await.is_none(), "queued messages are dropped");
+    }
+
+    #[tokio::test]
+    async fn dropping_an_asr_call_aborts_its_reader_task() {
+        let (_etx, events) = mpsc::channel(1);
+        let (alive, gone) = tokio::sync::oneshot::channel::<()>();
+        // A reader stuck on a Riva call that never answers.
+        let task = tokio::spawn(async move {
+            let _alive = alive;
+            std::future::pending::<()>().await
+        });
+        drop(AsrCall { events, task });
+        let r = tokio::time::timeout(Duration::from_secs(5), gone).await;
+        assert!(matches!(r, Ok(Err(_))), "the reader task outlived its call");
     }
 
     #[test]

@@ -501,6 +501,43 @@ async fn backend_failures_end_the_stream_with_error_and_counters() -> anyhow::Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_asr_is_a_timeout_error_after_the_end_of_audio() -> anyhow::Result<()> {
+    // Every call to this simulator stalls: its ASR reads the audio and never answers.
+    let sim = Sim::start(&["--profile", "zero", "--stall-rate", "1"])?;
+    let gw = Gateway::with_sim(&sim, &[("RIVA_TIMEOUT", "1")])?;
+    let c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    for chunk in speech_chunks("is anyone listening") {
+        c.send(msg::audio(&chunk)).await?;
+    }
+    // Half-close: RIVA_TIMEOUT later the speech still has no transcript.
+    let got = c
+        .finish()
+        .await
+        .expect("the stream ends cleanly after an ERROR event");
+    match got.last() {
+        Some(Got::Event(EventType::Error, m)) => {
+            assert!(m.contains("ASR") && m.contains("timeout"), "{m}")
+        }
+        other => panic!(
+            "expected an ERROR event last, got {other:?} in {:?}",
+            tags(&got)
+        ),
+    }
+    let mx = gw.metrics()?;
+    assert_eq!(
+        mx.value("voice_gateway_asr_errors_total{error_type=\"timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        mx.value("voice_gateway_requests_total{status=\"error\"}"),
+        1.0
+    );
+    assert_eq!(mx.value("voice_gateway_active_streams"), 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_down_means_not_ready_and_errors() -> anyhow::Result<()> {
     let dead_riva = format!("127.0.0.1:{}", free_port());
     let dead_llm = format!("127.0.0.1:{}", free_port());
