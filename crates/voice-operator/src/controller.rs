@@ -1063,21 +1063,21 @@ pub async fn run_on(
     if let Some(e) = &elector {
         health.standby.store(true, Ordering::Relaxed);
         tracing::info!("waiting for the leader Lease");
-        tokio::select! {
-            () = e.acquire() => {}
+        let acquired = tokio::select! {
+            at = e.acquire() => at,
             () = wait_stop(stop_rx.clone()) => {
                 health.stopped.store(true, Ordering::Relaxed);
                 let _ = admin_task.await;
                 return Ok(());
             }
-        }
+        };
         health.standby.store(false, Ordering::Relaxed);
         metrics.leader.set(1);
         tracing::info!("leading");
         let e = e.clone();
         let stop_tx = stop_tx.clone();
         hold_task = Some(tokio::spawn(async move {
-            e.hold().await;
+            e.hold(acquired).await;
             let _ = stop_tx.send(true);
         }));
     } else {

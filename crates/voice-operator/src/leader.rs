@@ -3,8 +3,12 @@
 //!
 //! The protocol is client-go's: read the Lease; take it if it is free, ours, or expired
 //! (`renewTime + leaseDurationSeconds` in the past), writing with the read `resourceVersion`
-//! so that two candidates cannot both win; renew every `lease_duration / 3`; give up
-//! leadership (and stop reconciling) if no renewal succeeds within `lease_duration`.
+//! so that two candidates cannot both win; renew every `lease_duration / 3`, retrying a failed
+//! renewal every `lease_duration / 15`; give up leadership (and stop reconciling) when no
+//! renewal succeeds within the renew deadline, two thirds of `lease_duration`. A standby takes
+//! the Lease only once `lease_duration` has passed since the last renewal, so the old leader
+//! has stopped a third of the lease duration before (15 s lease: 10 s deadline, 5 s margin,
+//! as client-go's defaults).
 
 use std::time::Duration;
 
@@ -13,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::time::Instant;
 
 /// A candidate for leadership.
 #[derive(Clone, Debug)]
@@ -40,11 +45,13 @@ impl Elector {
         }
     }
 
-    /// Waits until this candidate holds the Lease.
-    pub async fn acquire(&self) {
+    /// Waits until this candidate holds the Lease; returns when the winning request was sent,
+    /// which is when the Lease's `renewTime` says it was renewed.
+    pub async fn acquire(&self) -> Instant {
         loop {
+            let sent = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(true) => return,
+                Ok(true) => return sent,
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, lease = %self.name, "leader election: cannot read or write the Lease")
@@ -54,23 +61,35 @@ impl Elector {
         }
     }
 
-    /// Renews the Lease until a renewal deadline passes; returns when leadership is lost.
-    pub async fn hold(&self) {
-        let mut last_ok = tokio::time::Instant::now();
+    /// Renews the Lease (acquired at `renewed`) until leadership is lost: another replica took
+    /// it, or no renewal succeeded within the renew deadline ([`renew_deadline`]). A renewal
+    /// that hangs is cut off at that deadline. Returns as soon as leadership is lost, a third
+    /// of the lease duration before a standby may take the Lease over.
+    pub async fn hold(&self, mut renewed: Instant) {
+        let deadline = renew_deadline(self.lease_duration);
+        let mut wait = self.lease_duration / 3;
         loop {
-            tokio::time::sleep(self.lease_duration / 3).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
-                Ok(false) => {
+            tokio::time::sleep(wait).await;
+            let sent = Instant::now();
+            let Some(budget) = renewal_budget(renewed, sent, deadline) else {
+                tracing::error!(lease = %self.name, "leader election: no renewal within the renew deadline");
+                return;
+            };
+            match tokio::time::timeout(budget, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {
+                    renewed = sent;
+                    wait = self.lease_duration / 3;
+                    continue;
+                }
+                Ok(Ok(false)) => {
                     tracing::error!(lease = %self.name, "leader election: another replica took the Lease");
                     return;
                 }
-                Err(e) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "leader election: renewal failed"),
+                Err(_) => tracing::warn!("leader election: renewal timed out"),
             }
-            if last_ok.elapsed() > self.lease_duration {
-                tracing::error!(lease = %self.name, "leader election: no renewal within the lease duration");
-                return;
-            }
+            // A failed renewal is retried sooner, while the deadline allows.
+            wait = self.lease_duration / 15;
         }
     }
 
@@ -145,5 +164,44 @@ impl Elector {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// How long after its last successful renewal a leader gives up: two thirds of the lease
+/// duration (client-go's defaults: 10 s of 15 s), so it stops before a standby may take over.
+pub fn renew_deadline(lease_duration: Duration) -> Duration {
+    lease_duration * 2 / 3
+}
+
+/// How long a renewal sent at `now` may take, when the last successful one was sent at
+/// `renewed`: until the renew deadline; `None` once that has passed (leadership is lost).
+pub fn renewal_budget(renewed: Instant, now: Instant, deadline: Duration) -> Option<Duration> {
+    (renewed + deadline)
+        .checked_duration_since(now)
+        .filter(|d| !d.is_zero())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_stops_a_third_of_the_lease_before_a_standby_may_take_it() {
+        let lease = Duration::from_secs(15);
+        assert_eq!(renew_deadline(lease), Duration::from_secs(10));
+        let renewed = Instant::now();
+        let deadline = renew_deadline(lease);
+        let at = |s| renewed + Duration::from_secs(s);
+        assert_eq!(
+            renewal_budget(renewed, at(5), deadline),
+            Some(Duration::from_secs(5)),
+            "a renewal at 5 s may take until 10 s"
+        );
+        assert_eq!(
+            renewal_budget(renewed, at(9), deadline),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(renewal_budget(renewed, at(10), deadline), None);
+        assert_eq!(renewal_budget(renewed, at(20), deadline), None);
     }
 }
