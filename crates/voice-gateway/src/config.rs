@@ -49,7 +49,8 @@ pub struct Config {
     /// Seconds that active turns get to finish after SIGTERM.
     #[arg(long, env = "SHUTDOWN_GRACE_PERIOD", default_value_t = 10.0)]
     pub shutdown_grace_period: f64,
-    /// `error`, `warn`, `info`, `debug`, `trace` (or a tracing filter directive).
+    /// `error`, `warn`, `info`, `debug`, `trace`, Python's names (`WARNING`, `CRITICAL`, any
+    /// case), or tracing filter directives (see [`log_directives`]).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Ours: `json` (one object per line, with the session id) or `text`.
@@ -142,3 +143,95 @@ impl Config {
 
 /// Sample rates the gateway accepts from clients (what Riva's ASR models take).
 pub const SUPPORTED_SAMPLE_RATES: &[i32] = &[8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000];
+
+/// A level name, tracing's or Python logging's (the seed gateway's), in any case, as tracing's.
+fn level_name(s: &str) -> Option<&'static str> {
+    Some(match s.trim().to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" | "critical" | "fatal" => "error",
+        "off" => "off",
+        _ => return None,
+    })
+}
+
+/// LOG_LEVEL as tracing `EnvFilter` directives. Level names are mapped, in a bare directive or
+/// after `target=`: `WARNING` → `warn`, `CRITICAL`/`FATAL` → `error` (unmapped, tracing would
+/// read such a word as a target name and log nothing else). A bare word that is no level is
+/// an error, as is anything `EnvFilter` rejects; the caller then logs at `info`. Empty: `info`.
+pub fn log_directives(level: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for d in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let mapped = match d.rsplit_once('=') {
+            Some((target, l)) => {
+                level_name(l).map_or_else(|| d.to_string(), |l| format!("{target}={l}"))
+            }
+            None if d.contains('[') => d.to_string(),
+            None => level_name(d)
+                .ok_or_else(|| format!("LOG_LEVEL {level:?}: {d:?} is not a level"))?
+                .to_string(),
+        };
+        out.push(mapped);
+    }
+    if out.is_empty() {
+        return Ok("info".into());
+    }
+    let directives = out.join(",");
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .map_err(|e| format!("LOG_LEVEL {level:?}: {e}"))?;
+    Ok(directives)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::filter::LevelFilter;
+
+    fn max_level(level: &str) -> Option<LevelFilter> {
+        let d = log_directives(level).expect("valid");
+        tracing_subscriber::EnvFilter::new(d).max_level_hint()
+    }
+
+    #[test]
+    fn python_level_names_are_tracing_levels() {
+        for (python, tracing) in [
+            ("WARNING", "warn"),
+            ("warning", "warn"),
+            ("CRITICAL", "error"),
+            ("FATAL", "error"),
+            ("ERROR", "error"),
+            ("INFO", "info"),
+            (" Debug ", "debug"),
+            ("", "info"),
+        ] {
+            assert_eq!(log_directives(python).as_deref(), Ok(tracing), "{python}");
+        }
+        assert_eq!(max_level("WARNING"), Some(LevelFilter::WARN));
+        assert_eq!(max_level("CRITICAL"), Some(LevelFilter::ERROR));
+    }
+
+    #[test]
+    fn tracing_directives_keep_working_with_either_names() {
+        let ok = |s| log_directives(s).expect(s);
+        assert_eq!(ok("h2=warn,info"), "h2=warn,info");
+        assert_eq!(
+            ok("voice_gateway=DEBUG,WARNING"),
+            "voice_gateway=debug,warn"
+        );
+        assert_eq!(
+            max_level("voice_gateway=trace,warn"),
+            Some(LevelFilter::TRACE)
+        );
+        assert_eq!(ok("voice_gateway[session]"), "voice_gateway[session]");
+    }
+
+    #[test]
+    fn invalid_values_are_errors() {
+        for bad in ["loud", "info,verbose", "voice_gateway=loud"] {
+            let e = log_directives(bad).expect_err(bad);
+            assert!(e.contains("LOG_LEVEL"), "{e}");
+        }
+    }
+}
