@@ -205,18 +205,41 @@ fn rustls_config() -> anyhow::Result<rustls::ClientConfig> {
     )
 }
 
-async fn non_2xx(status: StatusCode, body: Incoming, idle: Duration) -> TurnError {
+/// Bytes of a non-2xx body read for the error message; the rest is never read.
+const ERROR_BODY_LIMIT: usize = 4096;
+
+/// At most the first `limit` bytes of `body`, read within `within` (what came by then).
+async fn body_prefix<B>(mut body: B, limit: usize, within: Duration) -> Vec<u8>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = Vec::new();
+    while buf.len() < limit {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d[..d.len().min(limit - buf.len())]);
+                }
+            }
+            _ => break,
+        }
+    }
+    buf
+}
+
+/// The error of a non-2xx answer: the JSON `error` message in the first [`ERROR_BODY_LIMIT`]
+/// bytes of its body, or else their first 2 KiB as text.
+async fn non_2xx<B>(status: StatusCode, body: B, idle: Duration) -> TurnError
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
     let kind = if status.is_server_error() {
         "http_5xx"
     } else {
         "http_4xx"
     };
-    let bytes = tokio::time::timeout(idle, body.collect())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let bytes = body_prefix(body, ERROR_BODY_LIMIT, idle).await;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(2048)]).into_owned();
     let msg = serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
@@ -290,5 +313,62 @@ impl LlmStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_error_body_is_read_only_up_to_the_limit() {
+        // A 500 whose body never ends: a chunk of 1 KiB every millisecond.
+        let body = StreamBody::new(
+            futures::stream::repeat(())
+                .then(|()| async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'x'; 1024])))
+                })
+                .boxed(),
+        );
+        let started = tokio::time::Instant::now();
+        let e = non_2xx(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            body,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        let TurnError::Backend {
+            error_type,
+            message,
+            ..
+        } = e
+        else {
+            panic!("{e:?}")
+        };
+        assert_eq!(error_type, "http_5xx");
+        assert!(message.ends_with(&"x".repeat(2048)), "{message}");
+        assert!(message.len() < 2100, "{}", message.len());
+    }
+
+    #[tokio::test]
+    async fn a_json_error_body_gives_its_message() {
+        let body = Full::new(Bytes::from_static(
+            br#"{"error":{"message":"no such model"}}"#,
+        ));
+        let e = non_2xx(StatusCode::NOT_FOUND, body, Duration::from_secs(1)).await;
+        assert!(
+            e.to_string()
+                .contains("LLM answered 404 Not Found: no such model"),
+            "{e}"
+        );
     }
 }
