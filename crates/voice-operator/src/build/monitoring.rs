@@ -205,8 +205,8 @@ pub fn build_prometheus_rule(v: &Validated) -> Option<PrometheusRule> {
         description: "{{ $value }} streams are open and no request has completed in 10 minutes.".into(),
         runbook: "Streams hang on a backend that accepts connections but does not answer. Check ASR/LLM/TTS latency panels, then the backends; restarting a gateway pod drops its streams.",
     });
-    if let Some(_riva) = &v.spec.riva.managed {
-        let r = riva_selector(v);
+    // The GPUs are this pipeline's when it manages Riva, or when the spec names them.
+    if v.spec.riva.managed.is_some() || p.gpu_selector.is_some() {
         let gpu = gpu_selector(v);
         alerts.push(Alert {
             name: "GPUMemoryHigh",
@@ -220,6 +220,9 @@ pub fn build_prometheus_rule(v: &Validated) -> Option<PrometheusRule> {
             description: "GPU {{ $labels.gpu }} memory at {{ $value | humanizePercentage }}.".into(),
             runbook: "Riva loads every deployed model into GPU memory: deploy fewer models or give Riva a larger GPU (spec.riva.managed.gpu). Check no other workload shares the GPU.",
         });
+    }
+    if v.spec.riva.managed.is_some() {
+        let r = riva_selector(v);
         alerts.push(Alert {
             name: "RivaTargetDown",
             expr: format!("up{{{r}}} == 0"),
@@ -259,9 +262,12 @@ pub fn build_prometheus_rule(v: &Validated) -> Option<PrometheusRule> {
             alert: a.name.into(),
             expr: a.expr,
             for_: a.for_,
+            // `namespace` too: the sums drop the series' labels, and Alertmanager routes by
+            // namespace; two pipelines of one name in two namespaces stay two alerts.
             labels: BTreeMap::from([
                 ("severity".to_string(), a.severity.to_string()),
                 ("voice_pipeline".into(), v.name.clone()),
+                ("namespace".into(), v.namespace.clone()),
             ]),
             annotations: BTreeMap::from([
                 ("summary".to_string(), a.summary),
@@ -329,7 +335,30 @@ mod tests {
                 assert!(!a.annotations[k].is_empty(), "{} lacks {k}", a.alert);
             }
             assert!(["warning", "critical"].contains(&a.labels["severity"].as_str()));
+            assert_eq!(a.labels["voice_pipeline"], "demo", "{}", a.alert);
+            assert_eq!(a.labels["namespace"], "voice", "{}", a.alert);
         }
+    }
+
+    #[test]
+    fn gpu_memory_alert_for_external_riva_only_with_a_gpu_selector() {
+        let mut vp = testdata::external();
+        vp.spec.observability.prometheus_rule.gpu_selector = Some(r#"Hostname="gpu-7""#.into());
+        let r = build_prometheus_rule(&validate(&vp).unwrap()).unwrap();
+        let gpu = alert(&r, "GPUMemoryHigh");
+        assert!(
+            gpu.expr
+                .contains(r#"DCGM_FI_DEV_FB_USED{Hostname="gpu-7"}"#),
+            "{}",
+            gpu.expr
+        );
+        assert!(
+            !r.spec.groups[0]
+                .rules
+                .iter()
+                .any(|a| a.alert.starts_with("Riva")),
+            "no Riva alerts for an external Riva"
+        );
     }
 
     #[test]
