@@ -125,12 +125,14 @@ pub struct GatewaySpec {
     #[serde(default)]
     pub tts: TtsSpec,
 
-    /// Node labels the gateway pods must match.
+    /// Node labels the gateway pods must match (at most 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 32))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
-    /// Tolerations of the gateway pods.
+    /// Tolerations of the gateway pods (at most 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     pub tolerations: Option<Vec<Toleration>>,
 }
 
@@ -154,7 +156,8 @@ impl Default for GatewaySpec {
     }
 }
 
-/// When the kubelet pulls an image.
+/// Image pull policy of the container: when the kubelet pulls its image. Default: the
+/// cluster's (`IfNotPresent`, or `Always` for a `:latest` tag).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {
     /// Pull on every start.
@@ -383,12 +386,14 @@ pub struct ManagedRiva {
     /// Secret key holding the NGC API key (env `NGC_API_KEY`), used to fetch models.
     pub ngc_api_key_secret_ref: SecretKeyRef,
 
-    /// Node labels the Riva pods must match.
+    /// Node labels the Riva pods must match (at most 32).
     #[serde(default = "default_gpu_node_selector")]
+    #[schemars(extend("maxProperties" = 32))]
     pub node_selector: BTreeMap<String, String>,
 
-    /// Tolerations of the Riva pods (GPU nodes are usually tainted).
+    /// Tolerations of the Riva pods (GPU nodes are usually tainted; at most 32).
     #[serde(default = "default_gpu_tolerations")]
+    #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
 
     /// Size of the in-memory `/dev/shm` (Triton passes tensors through shared memory).
@@ -540,7 +545,8 @@ pub struct PrometheusRuleSpec {
     #[schemars(range(min = 0.0001, max = 1.0))]
     pub error_ratio: f64,
 
-    /// Alert when a GPU's framebuffer use exceeds this ratio (0.9 = 90 %).
+    /// Alert when a GPU's framebuffer use exceeds this ratio (0.9 = 90 %). The alert exists when
+    /// Riva is managed, or when `gpuSelector` names the GPUs of an external Riva.
     #[serde(default = "default_gpu_memory_ratio")]
     #[schemars(range(min = 0.1, max = 1.0))]
     pub gpu_memory_ratio: f64,
@@ -550,11 +556,18 @@ pub struct PrometheusRuleSpec {
     #[schemars(regex(pattern = r"^[0-9]{1,5}(s|m|h)$"), length(max = 8))]
     pub for_duration: String,
 
-    /// PromQL label matchers selecting this pipeline's GPUs in DCGM exporter series. Default:
+    /// PromQL label matchers selecting this pipeline's GPUs in DCGM exporter series, e.g.
+    /// `Hostname=~"gpu-node-.*",gpu="0"`. Default, when Riva is managed:
     /// `exported_namespace="<ns>",exported_pod=~"<name>-riva-.*"` (the labels dcgm-exporter
     /// writes for the pod using a GPU, renamed by Prometheus because the scrape target has its own).
+    /// With an external Riva and no selector, there is no GPU alert and the dashboard shows
+    /// every GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.matches('^ *[a-zA-Z_][a-zA-Z0-9_]* *(=|!=|=~|!~) *\"[^\"]*\" *(, *[a-zA-Z_][a-zA-Z0-9_]* *(=|!=|=~|!~) *\"[^\"]*\" *)*,? *$')",
+         "message": "prometheusRule.gpuSelector must be PromQL label matchers without braces, e.g. Hostname=~\"gpu-node-.*\",gpu=\"0\""}
+    ]))]
     pub gpu_selector: Option<String>,
 
     /// Extra labels on the PrometheusRule.

@@ -53,6 +53,27 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "spec.llm: Required value",
         ),
         (
+            "gpuSelector with braces (not bare label matchers)",
+            pipeline(
+                "gpu-braces",
+                &format!(
+                    "{LLM}{RIVA}  observability: {{prometheusRule: {{gpuSelector: '{{Hostname=\"gpu-1\"}}'}}}}\n"
+                ),
+            ),
+            "gpuSelector must be PromQL label matchers",
+        ),
+        (
+            "too many tolerations",
+            pipeline(
+                "tolerations",
+                &format!(
+                    "{LLM}{RIVA}  gateway:\n    tolerations: [{}]\n",
+                    vec!["{operator: Exists}"; 33].join(", ")
+                ),
+            ),
+            "must have at most 32 items",
+        ),
+        (
             "gateway replicas out of range",
             pipeline(
                 "replicas",
@@ -220,13 +241,24 @@ async fn bad_specs_are_rejected_at_apply_with_a_clear_message() {
         failures.join("\n")
     );
 
-    // And the valid minimal spec next to them is accepted.
-    let out = kubectl_apply(plane, &ns.name, &pipeline("good", &format!("{LLM}{RIVA}")));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // And valid specs next to them are accepted: the minimal one, and the edges of the rules
+    // above (several label matchers, a regex value).
+    for (name, spec) in [
+        ("good", format!("{LLM}{RIVA}")),
+        (
+            "good-gpus",
+            format!(
+                "{LLM}{RIVA}  observability: {{prometheusRule: {{gpuSelector: 'Hostname=~\"gpu-node-\\\\d+\", gpu!=\"7\",'}}}}\n"
+            ),
+        ),
+    ] {
+        let out = kubectl_apply(plane, &ns.name, &pipeline(name, &spec));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// `kubectl explain` reads the CRD's descriptions: the schema is the manual.
