@@ -42,8 +42,9 @@ struct RunArgs {
     namespaces: Vec<String>,
     /// With --namespace: further namespaces where pipelines put dashboards
     /// (spec.observability.dashboards.namespace). The operator watches its ConfigMaps there, so
-    /// a changed or deleted dashboard is restored at once rather than at the next 10-minute
-    /// resync. Needs list and watch on configmaps there (Helm: dashboardNamespaces).
+    /// a changed or deleted dashboard is restored at once; without the watch, only at the
+    /// pipeline's next pass at least 10 minutes after the last apply (no timer runs a pass).
+    /// Needs list and watch on configmaps there (Helm: dashboardNamespaces).
     #[arg(
         long = "dashboard-namespace",
         env = "DASHBOARD_NAMESPACES",
