@@ -59,6 +59,51 @@ fn assert_owned_and_labelled<K: Resource>(objs: &[K], vp: &VoicePipeline) {
     }
 }
 
+/// A pipeline's children in its namespace, found by the operator's labels.
+struct Children {
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    pdbs: Vec<PodDisruptionBudget>,
+    config_maps: Vec<ConfigMap>,
+    service_monitors: Vec<ServiceMonitor>,
+    prometheus_rules: Vec<PrometheusRule>,
+}
+
+impl Children {
+    async fn of(client: &kube::Client, ns: &str, pipeline: &str) -> Self {
+        Self {
+            deployments: children(client, ns, pipeline).await,
+            services: children(client, ns, pipeline).await,
+            pdbs: children(client, ns, pipeline).await,
+            config_maps: children(client, ns, pipeline).await,
+            service_monitors: children(client, ns, pipeline).await,
+            prometheus_rules: children(client, ns, pipeline).await,
+        }
+    }
+
+    /// How many of each: Deployments, Services, PodDisruptionBudgets, ConfigMaps,
+    /// ServiceMonitors, PrometheusRules.
+    fn counts(&self) -> [usize; 6] {
+        [
+            self.deployments.len(),
+            self.services.len(),
+            self.pdbs.len(),
+            self.config_maps.len(),
+            self.service_monitors.len(),
+            self.prometheus_rules.len(),
+        ]
+    }
+
+    fn assert_owned_and_labelled(&self, vp: &VoicePipeline) {
+        assert_owned_and_labelled(&self.deployments, vp);
+        assert_owned_and_labelled(&self.services, vp);
+        assert_owned_and_labelled(&self.pdbs, vp);
+        assert_owned_and_labelled(&self.config_maps, vp);
+        assert_owned_and_labelled(&self.service_monitors, vp);
+        assert_owned_and_labelled(&self.prometheus_rules, vp);
+    }
+}
+
 /// Applies `file` in a fresh namespace, waits for Ready, and returns (ns, pipeline).
 async fn apply_example(
     file: &str,
@@ -112,29 +157,9 @@ async fn managed_riva_example_reaches_ready_with_every_child() {
         format!("{name}-gateway.{}.svc:50051", ns.name)
     );
 
-    let deployments: Vec<Deployment> = children(c, &ns.name, &name).await;
-    let services: Vec<Service> = children(c, &ns.name, &name).await;
-    let pdbs: Vec<PodDisruptionBudget> = children(c, &ns.name, &name).await;
-    let cms: Vec<ConfigMap> = children(c, &ns.name, &name).await;
-    let sms: Vec<ServiceMonitor> = children(c, &ns.name, &name).await;
-    let prs: Vec<PrometheusRule> = children(c, &ns.name, &name).await;
-    assert_eq!(
-        (
-            deployments.len(),
-            services.len(),
-            pdbs.len(),
-            cms.len(),
-            sms.len(),
-            prs.len()
-        ),
-        (2, 2, 1, 2, 2, 1)
-    );
-    assert_owned_and_labelled(&deployments, &vp);
-    assert_owned_and_labelled(&services, &vp);
-    assert_owned_and_labelled(&pdbs, &vp);
-    assert_owned_and_labelled(&cms, &vp);
-    assert_owned_and_labelled(&sms, &vp);
-    assert_owned_and_labelled(&prs, &vp);
+    let kids = Children::of(c, &ns.name, &name).await;
+    assert_eq!(kids.counts(), [2, 2, 1, 2, 2, 1]);
+    kids.assert_owned_and_labelled(&vp);
     // The Riva pod landed on the GPU node (node selector, toleration, GPU limit).
     let pods = ns.client.clone();
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(pods, &ns.name);
@@ -182,14 +207,9 @@ async fn managed_riva_example_reaches_ready_with_every_child() {
         .await
         .unwrap();
     test_support::eventually(Duration::from_secs(60), || async {
-        let d: Vec<Deployment> = children(c, &ns.name, &name).await;
-        let s: Vec<Service> = children(c, &ns.name, &name).await;
-        let m: Vec<ConfigMap> = children(c, &ns.name, &name).await;
-        let sm: Vec<ServiceMonitor> = children(c, &ns.name, &name).await;
-        let pr: Vec<PrometheusRule> = children(c, &ns.name, &name).await;
+        let left = Children::of(c, &ns.name, &name).await.counts();
         let gone = api.get_opt(&name).await.unwrap().is_none();
-        (gone && d.is_empty() && s.is_empty() && m.is_empty() && sm.is_empty() && pr.is_empty())
-            .then_some(())
+        (gone && left == [0; 6]).then_some(())
     })
     .await;
 }
@@ -198,23 +218,24 @@ async fn managed_riva_example_reaches_ready_with_every_child() {
 async fn minimal_example_reaches_ready() {
     let (ns, vp, _op) = apply_example("minimal.yaml", "ex-minimal").await;
     let name = vp.name_any();
-    let st = vp.status.unwrap();
+    let st = vp.status.clone().unwrap();
     assert_eq!(st.riva.as_ref().unwrap().ready, "external");
     assert_eq!(st.condition("RivaAvailable").unwrap().reason, "External");
-    let deployments: Vec<Deployment> = children(&ns.client, &ns.name, &name).await;
-    assert_eq!(
-        deployments.len(),
-        1,
-        "no Riva Deployment for an external Riva"
-    );
-    let pdbs: Vec<PodDisruptionBudget> = children(&ns.client, &ns.name, &name).await;
-    assert!(pdbs.is_empty(), "one replica: no PDB");
+    // One Deployment and one Service (no Riva's for an external Riva), no PDB (one replica),
+    // the gateway's configuration and the dashboard, the gateway's ServiceMonitor, the rules.
+    let kids = Children::of(&ns.client, &ns.name, &name).await;
+    assert_eq!(kids.counts(), [1, 1, 0, 2, 1, 1]);
+    kids.assert_owned_and_labelled(&vp);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn external_riva_example_puts_dashboards_elsewhere_and_cleans_them_on_delete() {
     let (ns, vp, _op) = apply_example("external-riva.yaml", "ex-external").await;
     let name = vp.name_any();
+    // Two replicas: a PDB. The dashboard is in `grafana`, so one ConfigMap here.
+    let kids = Children::of(&ns.client, &ns.name, &name).await;
+    assert_eq!(kids.counts(), [1, 1, 1, 1, 1, 1]);
+    kids.assert_owned_and_labelled(&vp);
     assert!(
         vp.finalizers()
             .iter()

@@ -429,9 +429,8 @@ mod tests {
             .iter()
             .map(|p| p["id"].as_u64().unwrap())
             .collect();
-        let mut dedup = ids.clone();
-        dedup.dedup();
-        assert_eq!(ids, dedup, "panel ids are unique");
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "panel ids are unique: {ids:?}");
     }
 
     #[test]
