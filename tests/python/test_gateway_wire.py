@@ -60,3 +60,23 @@ def test_health_services(gateway):
         for service in ["", "voice_workflow.VoiceGateway"]:
             r = stub.Check(health_pb2.HealthCheckRequest(service=service))
             assert r.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+def test_reflection_lists_services_and_serves_the_descriptor(gateway):
+    """What grpcurl and Postman use: the services, then the file that defines one of them."""
+    list_services = _field(7, 2, b"")  # ServerReflectionRequest.list_services
+    by_symbol = _field(4, 2, b"voice_workflow.VoiceGateway")  # .file_containing_symbol
+    with grpc.insecure_channel(f"127.0.0.1:{gateway.grpc_port}") as ch:
+        rpc = ch.stream_stream(REFLECTION, request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        listed, described = list(rpc(iter([list_services, by_symbol]), timeout=20))
+    # ServerReflectionResponse field 6 = list_services_response, of ServiceResponse names.
+    assert b"\x32" in listed[:8], listed[:8]
+    for name in [b"voice_workflow.VoiceGateway", b"grpc.health.v1.Health"]:
+        assert name in listed, listed
+    # Field 4 = file_descriptor_response: the FileDescriptorProto naming the method and messages.
+    assert b"\x22" in described[:8], described[:8]
+    for name in [b"StreamAudio", b"ClientMessage", b"ServerMessage"]:
+        assert name in described, described[:200]
