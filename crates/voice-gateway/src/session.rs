@@ -306,6 +306,23 @@ fn malformed(s: &Status) -> Option<Status> {
         .then(|| Status::invalid_argument(format!("malformed ClientMessage: {m}")))
 }
 
+/// Longest `language_code` accepted: BCP-47's recommended minimum buffer for a tag.
+const MAX_LANGUAGE_CODE: usize = 35;
+
+/// Whether a client's `language_code` looks like a BCP-47 tag (`en-US`, `zh-Hans-CN`): 2–3
+/// letters, then `-` subtags of 1–8 letters or digits, at most [`MAX_LANGUAGE_CODE`] characters.
+/// It becomes the `language` label of the ASR and TTS metrics, so anything else is refused
+/// before a series is made for it.
+fn plausible_language_code(code: &str) -> bool {
+    let mut subtags = code.split('-');
+    let primary = subtags.next().unwrap_or_default();
+    code.len() <= MAX_LANGUAGE_CODE
+        && (2..=3).contains(&primary.len())
+        && primary.bytes().all(|b| b.is_ascii_alphabetic())
+        && subtags
+            .all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
 fn new_session_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -416,8 +433,19 @@ impl Session {
         }
         let language = if c.language_code.is_empty() {
             cfg.asr_language.clone()
-        } else {
+        } else if plausible_language_code(&c.language_code) {
             c.language_code
+        } else {
+            let shown: String = c
+                .language_code
+                .chars()
+                .take(MAX_LANGUAGE_CODE + 1)
+                .collect();
+            return Err(Status::invalid_argument(format!(
+                "language_code {shown:?} is not a BCP-47 tag such as en-US (2-3 letters, then \
+                 -subtags of 1-8 letters or digits, at most {MAX_LANGUAGE_CODE} characters; \
+                 empty means ASR_LANGUAGE)"
+            )));
         };
         let id = if c.session_id.is_empty() {
             new_session_id()
@@ -1089,6 +1117,31 @@ mod tests {
         drop(AsrCall { events, task });
         let r = tokio::time::timeout(Duration::from_secs(5), gone).await;
         assert!(matches!(r, Ok(Err(_))), "the reader task outlived its call");
+    }
+
+    #[test]
+    fn language_codes_must_look_like_bcp47_tags() {
+        for ok in ["en", "en-US", "es-419", "zh-Hans-CN", "yue-HK", "EN-us"] {
+            assert!(plausible_language_code(ok), "{ok}");
+        }
+        let long = format!("en-{}", ["abcdefgh"; 4].join("-"));
+        assert_eq!(long.len(), 38);
+        for bad in [
+            "",
+            "e",
+            "english",
+            "en_US",
+            "en-",
+            "en--US",
+            "-US",
+            "en-US ",
+            "en-toolongtag",
+            "e1-US",
+            "ñe-US",
+            &long,
+        ] {
+            assert!(!plausible_language_code(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -344,8 +344,9 @@ async fn expect_status(
     for m in msgs {
         let _ = c.send(m).await;
     }
+    // `next` gives up after 20 s of silence: an accepted message fails the test, not hangs it.
     loop {
-        match c.rx.message().await {
+        match c.next().await {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("stream ended OK, expected an error status"),
             Err(s) => return s,
@@ -368,6 +369,32 @@ async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
         s.message().contains("unsupported sample_rate 12345"),
         "{s:?}"
     );
+    // A client's language_code becomes a metric label: only a plausible BCP-47 tag is taken.
+    let with_language = |code: &str| {
+        let mut m = msg::config(16_000, false);
+        if let Some(voice_proto::voice::client_message::Content::Config(c)) = &mut m.content {
+            c.language_code = code.into();
+        }
+        m
+    };
+    let s = expect_status(&gw, vec![with_language(&"x".repeat(10_000))]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(s.message().contains("not a BCP-47 tag"), "{s:?}");
+    let s = expect_status(&gw, vec![with_language("en_US\"} 1")]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    // Empty: ASR_LANGUAGE.
+    let mut c = gw.open().await?;
+    c.send(with_language("")).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    c.send(msg::text("hello")).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    let m = gw.metrics()?;
+    assert!(
+        !m.0.contains("xxxx"),
+        "a rejected language_code made a series"
+    );
+    assert!(m.value("voice_gateway_tts_characters_total_count{language=\"en-US\"}") > 0.0);
+    c.finish().await?;
     let s = expect_status(
         &gw,
         vec![msg::config(16_000, false), msg::config(16_000, false)],
