@@ -96,6 +96,25 @@ impl Gateway {
         })
     }
 
+    /// Waits in a blocking task until the process exits, at most `within`; its exit status, or
+    /// `None` if it still runs.
+    pub async fn wait_exit(mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::task::spawn_blocking(move || {
+            let start = std::time::Instant::now();
+            loop {
+                if let Some(s) = self.proc.0.try_wait().expect("try_wait") {
+                    return Some(s);
+                }
+                if start.elapsed() > within {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("the waiting task")
+    }
+
     /// Sends SIGTERM.
     pub fn sigterm(&self) -> anyhow::Result<()> {
         let st = Command::new("kill")

@@ -614,7 +614,7 @@ async fn sse_quirks_are_tolerated_end_to_end() -> anyhow::Result<()> {
 async fn sigterm_drains_active_turns_then_exits() -> anyhow::Result<()> {
     // TTS at real time: the turn lasts several seconds, well inside the grace period.
     let sim = Sim::start(&["--profile", "zero", "--tts-rtf", "0.5"])?;
-    let mut gw = Gateway::with_sim(&sim, &[("SHUTDOWN_GRACE_PERIOD", "20")])?;
+    let gw = Gateway::with_sim(&sim, &[("SHUTDOWN_GRACE_PERIOD", "20")])?;
     let mut c = gw.open().await?;
     c.send(msg::config(16_000, false)).await?;
     c.send(msg::text("a turn in flight")).await?;
@@ -629,19 +629,7 @@ async fn sigterm_drains_active_turns_then_exits() -> anyhow::Result<()> {
         "{t:?}"
     );
     // The process exits by itself, successfully.
-    let status = tokio::task::spawn_blocking(move || {
-        let start = std::time::Instant::now();
-        loop {
-            if let Some(s) = gw.proc.0.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if start.elapsed() > Duration::from_secs(15) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    })
-    .await?;
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
     Ok(())
 }
