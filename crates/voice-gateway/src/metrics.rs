@@ -121,7 +121,17 @@ pub struct Metrics {
     pub client_stalls: Counter,
     /// Ours: time work waits between stages.
     pub queue_seconds: HistFamily<Stage>,
+    /// The `language` label values in use, at most [`MAX_LANGUAGES`].
+    languages: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct `language` label values at most: each is three histograms that live as long as the
+/// process, and the value comes from the client. Sessions in further languages are counted
+/// under [`OTHER_LANGUAGE`].
+pub const MAX_LANGUAGES: usize = 32;
+
+/// The `language` label of sessions past [`MAX_LANGUAGES`].
+pub const OTHER_LANGUAGE: &str = "other";
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -130,6 +140,20 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The `language` label of a session in `code`: the code itself while fewer than
+    /// [`MAX_LANGUAGES`] are in use (or it is one of them), [`OTHER_LANGUAGE`] after.
+    pub fn language(&self, code: &str) -> Language {
+        let mut known = self.languages.lock().expect("not poisoned");
+        let language = if known.contains(code)
+            || known.len() < MAX_LANGUAGES && known.insert(code.to_string())
+        {
+            code.to_string()
+        } else {
+            OTHER_LANGUAGE.to_string()
+        };
+        Language { language }
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let mut m = Self {
@@ -150,6 +174,7 @@ impl Metrics {
             streams_rejected: Counter::default(),
             client_stalls: Counter::default(),
             queue_seconds: family(|| Histogram::new(QUEUE_BUCKETS.iter().copied())),
+            languages: Default::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -344,6 +369,20 @@ mod tests {
         assert!(text.contains("voice_gateway_tts_characters_total_sum{language=\"en-US\"} 40.0"));
         assert!(text.contains("voice_gateway_active_streams 0"));
         assert!(!text.contains("_total_total"));
+    }
+
+    #[test]
+    fn language_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..MAX_LANGUAGES {
+            assert_eq!(m.language(&format!("x{i:02}")).language, format!("x{i:02}"));
+        }
+        assert_eq!(m.language("en-US").language, OTHER_LANGUAGE, "one too many");
+        assert_eq!(
+            m.language("x07").language,
+            "x07",
+            "a known one keeps its label"
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::Shared;
 use crate::config::SUPPORTED_SAMPLE_RATES;
 use crate::error::{Stage, TurnError};
 use crate::llm::{ChatMessage, LlmPiece};
-use crate::metrics::{Language, Model};
+use crate::metrics::Model;
 use crate::riva::AsrParams;
 use crate::sentence::SentenceSplitter;
 use crate::sse::ThinkFilter;
@@ -190,9 +190,7 @@ struct Handles {
 impl Handles {
     fn new(shared: &Shared, language: &str) -> Self {
         let m = &shared.metrics;
-        let lang = Language {
-            language: language.to_string(),
-        };
+        let lang = m.language(language);
         let model = Model {
             model: shared.llm.model().to_string(),
         };
@@ -309,15 +307,16 @@ fn malformed(s: &Status) -> Option<Status> {
 /// Longest `language_code` accepted: BCP-47's recommended minimum buffer for a tag.
 const MAX_LANGUAGE_CODE: usize = 35;
 
-/// Whether a client's `language_code` looks like a BCP-47 tag (`en-US`, `zh-Hans-CN`): 2–3
-/// letters, then `-` subtags of 1–8 letters or digits, at most [`MAX_LANGUAGE_CODE`] characters.
-/// It becomes the `language` label of the ASR and TTS metrics, so anything else is refused
+/// Whether a client's `language_code` looks like a BCP-47 tag (`en-US`, `zh-Hans-CN`, and
+/// Riva's `multi`): a primary subtag of 2–8 letters, then `-` subtags of 1–8 letters or digits,
+/// at most [`MAX_LANGUAGE_CODE`] characters. It becomes the `language` label of the ASR and TTS
+/// metrics (at most [`crate::metrics::MAX_LANGUAGES`] values), so anything else is refused
 /// before a series is made for it.
 fn plausible_language_code(code: &str) -> bool {
     let mut subtags = code.split('-');
     let primary = subtags.next().unwrap_or_default();
     code.len() <= MAX_LANGUAGE_CODE
-        && (2..=3).contains(&primary.len())
+        && (2..=8).contains(&primary.len())
         && primary.bytes().all(|b| b.is_ascii_alphabetic())
         && subtags
             .all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
@@ -442,7 +441,7 @@ impl Session {
                 .take(MAX_LANGUAGE_CODE + 1)
                 .collect();
             return Err(Status::invalid_argument(format!(
-                "language_code {shown:?} is not a BCP-47 tag such as en-US (2-3 letters, then \
+                "language_code {shown:?} is not a BCP-47 tag such as en-US (2-8 letters, then \
                  -subtags of 1-8 letters or digits, at most {MAX_LANGUAGE_CODE} characters; \
                  empty means ASR_LANGUAGE)"
             )));
@@ -1121,7 +1120,15 @@ mod tests {
 
     #[test]
     fn language_codes_must_look_like_bcp47_tags() {
-        for ok in ["en", "en-US", "es-419", "zh-Hans-CN", "yue-HK", "EN-us"] {
+        for ok in [
+            "en",
+            "en-US",
+            "es-419",
+            "zh-Hans-CN",
+            "yue-HK",
+            "EN-us",
+            "multi",
+        ] {
             assert!(plausible_language_code(ok), "{ok}");
         }
         let long = format!("en-{}", ["abcdefgh"; 4].join("-"));
@@ -1129,7 +1136,7 @@ mod tests {
         for bad in [
             "",
             "e",
-            "english",
+            "toolongprimary",
             "en_US",
             "en-",
             "en--US",
