@@ -213,11 +213,12 @@ impl LogLevel {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AsrSpec {
-    /// BCP-47 language code of the speech (env `ASR_LANGUAGE`), e.g. `en-US`, `de-DE`.
+    /// BCP-47 language code of the speech (env `ASR_LANGUAGE`), e.g. `en-US`, `de-DE`, or
+    /// `multi` for Riva's multilingual models.
     #[serde(default = "default_language")]
     #[schemars(
         length(min = 2, max = 35),
-        regex(pattern = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+        regex(pattern = r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
     )]
     pub language: String,
 

@@ -63,6 +63,14 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "gpuSelector must be PromQL label matchers",
         ),
         (
+            "ASR language not a BCP-47 tag",
+            pipeline(
+                "language",
+                &format!("{LLM}{RIVA}  gateway: {{asr: {{language: en_US}}}}\n"),
+            ),
+            "spec.gateway.asr.language in body should match",
+        ),
+        (
             "too many tolerations",
             pipeline(
                 "tolerations",
@@ -245,6 +253,10 @@ async fn bad_specs_are_rejected_at_apply_with_a_clear_message() {
     // above (several label matchers, a regex value).
     for (name, spec) in [
         ("good", format!("{LLM}{RIVA}")),
+        (
+            "good-multi",
+            format!("{LLM}{RIVA}  gateway: {{asr: {{language: multi}}}}\n"),
+        ),
         (
             "good-gpus",
             format!(
