@@ -10,6 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::VoicePipelineStatus;
 
+/// CEL rule of the label maps (labels, node selectors): every key a Kubernetes label key
+/// (`[prefix/]name`, the name at most 63 characters), every value a label value.
+const LABELS_RULE: &str = "self.all(k, k.size() <= 317 && k.matches('^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$') && self[k].matches('^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$'))";
+/// The message of [`LABELS_RULE`].
+const LABELS_MESSAGE: &str = "keys must be label keys ([prefix/]name, the name at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric) and values label values (at most 63 such characters, or empty)";
+
 /// Longest pipeline name: children are named `<name>-gateway`, `<name>-riva`, … and a Service
 /// name is a DNS-1035 label of at most 63 characters.
 pub const MAX_NAME_LEN: usize = 50;
@@ -127,7 +133,11 @@ pub struct GatewaySpec {
 
     /// Node labels the gateway pods must match (at most 32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 63},
+        "x-kubernetes-validations" = [{"rule": LABELS_RULE, "message": LABELS_MESSAGE}]
+    ))]
     pub node_selector: Option<BTreeMap<String, String>>,
 
     /// Tolerations of the gateway pods (at most 32).
@@ -389,7 +399,11 @@ pub struct ManagedRiva {
 
     /// Node labels the Riva pods must match (at most 32).
     #[serde(default = "default_gpu_node_selector")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 63},
+        "x-kubernetes-validations" = [{"rule": LABELS_RULE, "message": LABELS_MESSAGE}]
+    ))]
     pub node_selector: BTreeMap<String, String>,
 
     /// Tolerations of the Riva pods (GPU nodes are usually tainted; at most 32).
@@ -512,7 +526,11 @@ pub struct ServiceMonitorSpec {
 
     /// Extra labels on the ServiceMonitors.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 63},
+        "x-kubernetes-validations" = [{"rule": LABELS_RULE, "message": LABELS_MESSAGE}]
+    ))]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -573,7 +591,11 @@ pub struct PrometheusRuleSpec {
 
     /// Extra labels on the PrometheusRule.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 63},
+        "x-kubernetes-validations" = [{"rule": LABELS_RULE, "message": LABELS_MESSAGE}]
+    ))]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -611,7 +633,11 @@ pub struct DashboardsSpec {
 
     /// Labels the sidecar selects dashboards by.
     #[serde(default = "default_dashboard_labels")]
-    #[schemars(extend("maxProperties" = 32))]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 63},
+        "x-kubernetes-validations" = [{"rule": LABELS_RULE, "message": LABELS_MESSAGE}]
+    ))]
     pub labels: BTreeMap<String, String>,
 
     /// Grafana folder (annotation `grafana_folder`, read by the sidecar when

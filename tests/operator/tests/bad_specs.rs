@@ -71,6 +71,27 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
             "spec.gateway.asr.language in body should match",
         ),
         (
+            "a ServiceMonitor label key that is not a label key",
+            pipeline(
+                "label-key",
+                &format!(
+                    "{LLM}{RIVA}  observability: {{serviceMonitor: {{labels: {{\"team name\": a}}}}}}\n"
+                ),
+            ),
+            "keys must be label keys",
+        ),
+        (
+            "a node selector value longer than a label value",
+            pipeline(
+                "label-value",
+                &format!(
+                    "{LLM}{RIVA}  gateway: {{nodeSelector: {{pool: {}}}}}\n",
+                    "x".repeat(64)
+                ),
+            ),
+            "may not be more than 63 bytes",
+        ),
+        (
             "too many tolerations",
             pipeline(
                 "tolerations",
@@ -253,6 +274,12 @@ async fn bad_specs_are_rejected_at_apply_with_a_clear_message() {
     // above (several label matchers, a regex value).
     for (name, spec) in [
         ("good", format!("{LLM}{RIVA}")),
+        (
+            "good-labels",
+            format!(
+                "{LLM}{RIVA}  observability: {{prometheusRule: {{labels: {{example.com/team: voice-1, tier: ''}}}}}}\n"
+            ),
+        ),
         (
             "good-multi",
             format!("{LLM}{RIVA}  gateway: {{asr: {{language: multi}}}}\n"),
