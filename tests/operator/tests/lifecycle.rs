@@ -145,6 +145,22 @@ async fn spec_change_rolls_out_drift_is_undone_and_disabled_children_go() {
         (uri_ok && svc.metadata.deletion_timestamp.is_none()).then_some(())
     })
     .await;
+    // Drift: the operator's label removed, so the ConfigMap leaves the operator's watch. The
+    // watch reports it deleted (kube-apiserver sends the object as it was, labels and all), and
+    // the operator applies it again, label included.
+    let unlabel = json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": null}}});
+    cms.patch(
+        "demo-gateway",
+        &PatchParams::default(),
+        &Patch::Merge(&unlabel),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), || async {
+        let labels = cms.get("demo-gateway").await.ok()?.metadata.labels?;
+        (labels.get("app.kubernetes.io/managed-by")? == "voice-operator").then_some(())
+    })
+    .await;
 
     // Switched off: alerts, dashboards, the PDB (one replica), ServiceMonitors.
     let off = json!({"spec": {"gateway": {"replicas": 1}, "observability": {
