@@ -11,7 +11,10 @@ use voice_sim::{SimState, codec, llm, profile};
 #[derive(Debug, Parser)]
 #[command(
     name = "voice-sim",
-    about = "SIMULATOR of Riva ASR/TTS (gRPC) and an OpenAI-compatible LLM (HTTP)"
+    about = "SIMULATOR of Riva ASR/TTS (gRPC) and an OpenAI-compatible LLM (HTTP)",
+    after_help = "Deterministic faults by trigger word: [asr-error] in the speech; [llm-error], \
+[llm-stall], [llm-disconnect], [llm-midstream-error] in the user's message; [tts-error], \
+[tts-stall] in the text to synthesize (the default reply repeats the user's words)."
 )]
 struct Args {
     #[command(subcommand)]
@@ -49,6 +52,10 @@ struct Args {
     /// Probability that a stream breaks off midway.
     #[arg(long, default_value_t = 0.0)]
     disconnect_rate: f64,
+    /// Probability that a TTS call never answers (no headers, no audio); TTS only, ASR and LLM
+    /// keep working. (`[tts-stall]` in the text to synthesize: headers, then no audio.)
+    #[arg(long, default_value_t = 0.0)]
+    tts_stall_rate: f64,
     /// Seed of the fault draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -135,14 +142,16 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => voice_sim::riva::load_sidecars(dir)?,
         None => Default::default(),
     };
+    let mut faults = profile::Faults::new(
+        args.error_rate,
+        args.stall_rate,
+        args.disconnect_rate,
+        args.seed,
+    );
+    faults.tts_stall_rate = args.tts_stall_rate;
     let state = Arc::new(SimState {
         profile: p,
-        faults: profile::Faults::new(
-            args.error_rate,
-            args.stall_rate,
-            args.disconnect_rate,
-            args.seed,
-        ),
+        faults,
         script,
         sidecars,
         model: args.model.clone(),

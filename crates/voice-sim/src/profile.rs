@@ -68,9 +68,9 @@ impl Profile {
 /// Random faults, drawn from a seeded counter so that a run repeats exactly. Deterministic faults
 /// come from trigger words in the text instead: `[asr-error]` in the speech, `[llm-error]`,
 /// `[llm-stall]`, `[llm-disconnect]`, `[llm-midstream-error]` in the user's message (and
-/// `[count]`, answered with the number of messages received), `[tts-error]`
+/// `[count]`, answered with the number of messages received), `[tts-error]` and `[tts-stall]`
 /// in the text to synthesize (the default LLM reply repeats the user's words, so a user can
-/// trigger it).
+/// trigger them).
 #[derive(Debug)]
 pub struct Faults {
     /// Probability that a request fails at once (UNAVAILABLE / HTTP 503).
@@ -79,6 +79,9 @@ pub struct Faults {
     pub stall_rate: f64,
     /// Probability that a streamed answer breaks off midway.
     pub disconnect_rate: f64,
+    /// Probability that a TTS call never answers (no response headers, no audio), drawn per
+    /// `SynthesizeOnline` call apart from the faults above, so TTS stalls while ASR and LLM work.
+    pub tts_stall_rate: f64,
     seed: u64,
     counter: AtomicU64,
 }
@@ -103,9 +106,21 @@ impl Faults {
             error_rate,
             stall_rate,
             disconnect_rate,
+            tts_stall_rate: 0.0,
             seed,
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// Draws whether the next TTS call stalls ([`Self::tts_stall_rate`]).
+    pub fn draw_tts_stall(&self) -> bool {
+        self.tts_stall_rate > 0.0 && self.uniform() < self.tts_stall_rate
+    }
+
+    /// The next number of the seeded draw, in [0, 1).
+    fn uniform(&self) -> f64 {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        (splitmix64(self.seed ^ n) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Draws the fault for the next request.
@@ -113,8 +128,7 @@ impl Faults {
         if self.error_rate <= 0.0 && self.stall_rate <= 0.0 && self.disconnect_rate <= 0.0 {
             return Fault::None;
         }
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let x = (splitmix64(self.seed ^ n) >> 11) as f64 / (1u64 << 53) as f64;
+        let x = self.uniform();
         if x < self.error_rate {
             Fault::Error
         } else if x < self.error_rate + self.stall_rate {

@@ -363,7 +363,7 @@ impl Tts {
                 return false;
             }
         };
-        if fault == Fault::Stall {
+        if fault == Fault::Stall || req.text.contains("[tts-stall]") {
             tx.closed().await;
             return false;
         }
@@ -427,6 +427,10 @@ impl tts::riva_speech_synthesis_server::RivaSpeechSynthesis for Tts {
         &self,
         request: Request<Streaming<tts::SynthesizeSpeechRequest>>,
     ) -> Result<Response<Self::SynthesizeOnlineStream>, Status> {
+        if self.0.faults.draw_tts_stall() {
+            // Never answers; the call's future is dropped when the client gives up.
+            std::future::pending::<()>().await;
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();

@@ -564,6 +564,48 @@ async fn a_stalled_asr_is_a_timeout_error_after_the_end_of_audio() -> anyhow::Re
     Ok(())
 }
 
+/// A TTS that stalls, before it answers or once its call is open: after RIVA_TIMEOUT an ERROR
+/// event naming TTS and the timeout, `tts_errors_total{error_type="timeout"}`,
+/// `requests_total{status="error"}`, and the stream's slot is freed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tts_is_a_timeout_error() -> anyhow::Result<()> {
+    // Every TTS call of this simulator never answers (ASR and LLM work).
+    let silent = Sim::start(&["--profile", "zero", "--tts-stall-rate", "1"])?;
+    // This one answers `[tts-stall]` text with response headers, then nothing.
+    let stalling = Sim::start(&["--profile", "zero"])?;
+    for (sim, say, what) in [
+        (&silent, "hello", "TTS did not answer"),
+        (&stalling, "say [tts-stall]", "TTS stream stalled"),
+    ] {
+        let gw = Gateway::with_sim(sim, &[("RIVA_TIMEOUT", "1")])?;
+        let m = expect_backend_error(&gw, vec![msg::text(say)]).await;
+        assert!(
+            m.contains("TTS") && m.contains("timeout") && m.contains(what),
+            "{m}"
+        );
+        let mx = poll(Duration::from_secs(5), "the stream's slot freed", || {
+            let m = gw.metrics().ok()?;
+            (m.value("voice_gateway_active_streams") == 0.0).then_some(m)
+        })?;
+        assert_eq!(
+            mx.value("voice_gateway_tts_errors_total{error_type=\"timeout\"}"),
+            1.0,
+            "{what}"
+        );
+        assert_eq!(
+            mx.value("voice_gateway_requests_total{status=\"error\"}"),
+            1.0,
+            "{what}"
+        );
+        assert_eq!(
+            mx.value("voice_gateway_requests_total{status=\"success\"}"),
+            0.0,
+            "{what}"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_down_means_not_ready_and_errors() -> anyhow::Result<()> {
     let dead_riva = format!("127.0.0.1:{}", free_port());
