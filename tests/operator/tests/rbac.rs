@@ -175,3 +175,89 @@ async fn deploy_rbac_is_enough_and_two_replicas_share_a_lease() {
     let _ = standby.stop().await;
     let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
 }
+
+/// A pass that fails on the pipeline's own write (here its status: the operator runs with the
+/// deploy/ ClusterRole less `voicepipelines/status`) reaches the pipeline's owner as a Warning
+/// Event, not only the operator's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_the_api_server_refuses_is_an_event() {
+    let plane = plane();
+    let sa = "voice-operator-no-status";
+    let rbac = std::fs::read_to_string(repo_root().join("deploy/rbac.yaml")).unwrap();
+    let cluster_role_and_binding: String = rbac
+        .split("\n---\n")
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+        .replace(
+            "  - apiGroups: [voice.workflow.io]\n    resources: [voicepipelines/status]\n    verbs: [patch]\n",
+            "",
+        )
+        .replace("name: voice-operator\n", &format!("name: {sa}\n"));
+    assert!(
+        !cluster_role_and_binding.contains("voicepipelines/status")
+            && cluster_role_and_binding.matches(sa).count() == 4,
+        "the ClusterRole less the status rule, and its binding to {sa} (names: role, binding, roleRef, subject):\n{cluster_role_and_binding}"
+    );
+    for args in [
+        vec!["apply", "-f", "namespace.yaml"],
+        vec!["create", "serviceaccount", sa, "-n", OPERATOR_NS],
+    ] {
+        let out = plane
+            .kubectl()
+            .current_dir(repo_root().join("deploy"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || stderr.contains("AlreadyExists"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = plane
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(cluster_role_and_binding.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ns = plane.namespace("no-status").await;
+    let client = plane.service_account_client(OPERATOR_NS, sa).await;
+    let op = Operator::start(client, &[&ns.name]).await;
+    apply_ok(plane, &ns.name, &example("minimal.yaml"));
+    let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
+    let note = eventually(Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find_map(|e| {
+            (e.reporting_controller.as_deref() == Some("voice-operator")
+                && e.type_.as_deref() == Some("Warning")
+                && e.reason.as_deref() == Some("StatusWriteFailed")
+                && e.regarding.as_ref()?.name.as_deref() == Some("demo"))
+            .then_some(e.note.unwrap_or_default())
+        })
+    })
+    .await;
+    assert!(
+        note.contains("status") && note.contains("forbidden"),
+        "{note}"
+    );
+    // The pipeline is gone with its namespace; its status was never written.
+    op.stop().await.unwrap();
+}
