@@ -378,9 +378,19 @@ pub async fn run(
             return;
         }
     };
-    let session = match Session::new(shared, config, tx.clone(), ctl) {
+    let id = if config.session_id.is_empty() {
+        new_session_id()
+    } else {
+        config.session_id.clone()
+    };
+    // At ERROR level, so the span (and the session_id it gives every line) exists at any
+    // LOG_LEVEL: an `info` span would be filtered out at `warn`, the level of the lines that
+    // matter most.
+    let span = tracing::error_span!("session", session_id = %id);
+    let session = match Session::new(shared, id, config, tx.clone(), ctl) {
         Ok(s) => s,
         Err(s) => {
+            span.in_scope(|| warn!(code = ?s.code(), reason = s.message(), "session refused"));
             let _ = tx
                 .send(Out {
                     turn: 0,
@@ -390,7 +400,6 @@ pub async fn run(
             return;
         }
     };
-    let span = tracing::info_span!("session", session_id = %session.id);
     session.run(inbound).instrument(span).await;
 }
 
@@ -415,6 +424,7 @@ struct Session {
 impl Session {
     fn new(
         shared: Arc<Shared>,
+        id: String,
         c: VoiceConfig,
         tx: mpsc::Sender<Out>,
         ctl: Arc<OutCtl>,
@@ -445,11 +455,6 @@ impl Session {
                  -subtags of 1-8 letters or digits, at most {MAX_LANGUAGE_CODE} characters; \
                  empty means ASR_LANGUAGE)"
             )));
-        };
-        let id = if c.session_id.is_empty() {
-            new_session_id()
-        } else {
-            c.session_id
         };
         let voice = if c.tts_voice.is_empty() {
             cfg.tts_voice.clone()
@@ -517,7 +522,7 @@ impl Session {
                 )));
             }
             Err(End::Status(s)) => {
-                warn!(code = ?s.code(), message = s.message(), "session rejected");
+                warn!(code = ?s.code(), reason = s.message(), "session rejected");
                 let _ = self
                     .tx
                     .send(Out {
@@ -538,7 +543,7 @@ impl Session {
                     m.requests
                         .get_or_create(&crate::metrics::Status { status: "error" })
                         .inc();
-                    warn!(%stage, error_type, message, "turn failed");
+                    warn!(%stage, error_type, reason = message, "turn failed");
                     let _ = self.send0(event(EventType::Error, &e.to_string())).await;
                 }
             }
@@ -788,7 +793,10 @@ impl Session {
             p.asr_ms,
             reply.clone(),
         );
-        let handle = tokio::spawn(fut.instrument(tracing::info_span!("turn", turn = id)));
+        // The JSON log shows the innermost span's fields only: the turn's carry the session_id
+        // too (ERROR level for the session span's reason).
+        let span = tracing::error_span!("turn", session_id = %self.id, turn = id);
+        let handle = tokio::spawn(fut.instrument(span));
         self.current = Some(Running {
             id,
             handle,

@@ -59,6 +59,15 @@ impl Gateway {
         GatewayProcess::with_sim(sim, env).map(Self)
     }
 
+    /// [`Self::with_sim`], with the gateway's logs written to `log` (read them with `logs`).
+    pub fn with_sim_logged(
+        sim: &Sim,
+        env: &[(&str, &str)],
+        log: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        GatewayProcess::with_sim_logged(sim, env, log).map(Self)
+    }
+
     /// The `/metrics` text.
     pub fn metrics(&self) -> anyhow::Result<Metrics> {
         Ok(Metrics(self.http("/metrics")?.1))
@@ -157,12 +166,20 @@ pub mod msg {
 
     /// `config`.
     pub fn config(sample_rate: i32, timings: bool) -> ClientMessage {
+        let mut m = session("e2e", sample_rate, "en-US");
+        if let Some(client_message::Content::Config(c)) = &mut m.content {
+            c.enable_timings = timings;
+        }
+        m
+    }
+    /// `config` with a session id, a sample rate and a language code of the test's choosing.
+    pub fn session(session_id: &str, sample_rate: i32, language_code: &str) -> ClientMessage {
         ClientMessage {
             content: Some(client_message::Content::Config(VoiceConfig {
-                language_code: "en-US".into(),
-                session_id: "e2e".into(),
+                language_code: language_code.into(),
+                session_id: session_id.into(),
                 sample_rate,
-                enable_timings: timings,
+                enable_timings: false,
                 tts_voice: String::new(),
             })),
         }

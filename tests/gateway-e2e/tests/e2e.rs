@@ -432,6 +432,97 @@ async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gateway's JSON log lines of a session carry the session_id its client gave, at
+/// LOG_LEVEL=info and at warn; a session refused for its config is logged at warn with its
+/// session_id and the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_the_client_session_id() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero"])?;
+    let dir = test_support::processes::TempDir::new("gateway-e2e-logs");
+    for level in ["info", "warn"] {
+        let path = dir.join(&format!("{level}.log"));
+        let gw = Gateway::with_sim_logged(&sim, &[("LOG_LEVEL", level)], &path)?;
+        let id = format!("e2e-logs-{level}");
+        // A spoken turn that works, then a text turn whose LLM fails.
+        let mut c = gw.open().await?;
+        c.send(msg::session(&id, 16_000, "en-US")).await?;
+        for chunk in speech_chunks("log this") {
+            c.send(msg::audio(&chunk)).await?;
+        }
+        c.until(is_event(EventType::Listening)).await?;
+        c.until(is_event(EventType::Listening)).await?;
+        c.send(msg::text("x [llm-error]")).await?;
+        c.rest().await?;
+        let s = expect_status(&gw, vec![msg::session("refused-rate", 12_345, "en-US")]).await;
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        let s = expect_status(&gw, vec![msg::session("refused-lang", 16_000, "en_US")]).await;
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+
+        let lines = poll(Duration::from_secs(5), "the refusals logged", || {
+            let text = gw.logs().ok()?;
+            let lines: Vec<serde_json::Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+                .collect();
+            let refusals = lines
+                .iter()
+                .filter(|l| l["fields"]["message"] == "session refused")
+                .count();
+            (refusals == 2).then_some(lines)
+        })?;
+        let find = |message: &str, session_id: &str| {
+            lines
+                .iter()
+                .find(|l| {
+                    l["fields"]["message"] == message && l["span"]["session_id"] == session_id
+                })
+                .unwrap_or_else(|| {
+                    let what = format!("{message:?} of session {session_id:?}");
+                    panic!("LOG_LEVEL={level}: no {what} in {lines:#?}")
+                })
+        };
+        let failed = find("turn failed", &id);
+        assert_eq!(failed["level"], "WARN");
+        assert_eq!(failed["fields"]["stage"], "LLM");
+        assert!(
+            failed["fields"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("503")),
+            "{failed}"
+        );
+        if level == "info" {
+            for message in ["session started", "final transcript"] {
+                find(message, &id);
+            }
+            // Every line logged in a session's span names that session.
+            let known = [id.as_str(), "refused-rate", "refused-lang"];
+            let in_sessions: Vec<_> = lines
+                .iter()
+                .filter(|l| l["span"]["name"] == "session" || l["span"]["name"] == "turn")
+                .collect();
+            assert!(in_sessions.len() >= 5, "{lines:#?}");
+            for l in in_sessions {
+                let sid = l["span"]["session_id"].as_str().unwrap_or_default();
+                assert!(known.contains(&sid), "{l}");
+            }
+        }
+        for (session_id, why) in [
+            ("refused-rate", "unsupported sample_rate 12345"),
+            ("refused-lang", "not a BCP-47 tag"),
+        ] {
+            let l = find("session refused", session_id);
+            assert_eq!(l["level"], "WARN");
+            assert!(
+                l["fields"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(why)),
+                "{l}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A backend failure: ERROR event, the stage's error counter, requests{error}; the call ends OK.
 async fn expect_backend_error(
     gw: &Gateway,

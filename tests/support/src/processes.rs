@@ -231,6 +231,8 @@ pub struct GatewayProcess {
     pub grpc_port: u16,
     /// Admin port (`/metrics`, `/livez`, `/readyz`).
     pub admin_port: u16,
+    /// The file its stderr (its logs) goes to, if not the test's stderr: [`Self::logs`].
+    pub log: Option<PathBuf>,
 }
 
 impl GatewayProcess {
@@ -244,11 +246,44 @@ impl GatewayProcess {
     /// the gateway's own, e.g. a `chroot`). Its log level is `GATEWAY_LOG_LEVEL` (default
     /// `warn`); its logs go to the test's stderr.
     pub fn spawn(
-        mut command: Command,
+        command: Command,
         riva: &str,
         llm: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
+        Self::spawn_logging(command, riva, llm, env, None)
+    }
+
+    /// Starts the gateway against a simulator and waits until it is ready, with its logs
+    /// (stderr) written to the file `log` instead of the test's stderr: [`Self::logs`] reads them.
+    pub fn with_sim_logged(sim: &Sim, env: &[(&str, &str)], log: &Path) -> anyhow::Result<Self> {
+        let command = Command::new(&bins().gateway);
+        let g = Self::spawn_logging(command, &sim.riva, &sim.llm, env, Some(log))?;
+        g.wait_http("/readyz", 200, Duration::from_secs(20))?;
+        Ok(g)
+    }
+
+    /// What the gateway has logged so far, when started with a log file (else empty).
+    pub fn logs(&self) -> anyhow::Result<String> {
+        match &self.log {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("read {}", p.display())),
+            None => Ok(String::new()),
+        }
+    }
+
+    /// [`Self::spawn`], with stderr to the file `log` if given.
+    fn spawn_logging(
+        mut command: Command,
+        riva: &str,
+        llm: &str,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        if let Some(path) = log {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("create {}", path.display()))?;
+            command.stderr(file);
+        }
         let grpc_port = free_port();
         let admin_port = free_port();
         let child = command
@@ -270,6 +305,7 @@ impl GatewayProcess {
             proc: Proc(child),
             grpc_port,
             admin_port,
+            log: log.map(Path::to_path_buf),
         };
         g.wait_http("/livez", 200, Duration::from_secs(20))?;
         Ok(g)
