@@ -103,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
         Instant::now()
         // tx dropped here: half-close, the gateway ends after the turn with END_OF_TURN.
     });
-    let mut transcript = String::new();
+    // A text turn has no ASR: its transcript is the text itself.
+    let mut transcript = a.text.clone().unwrap_or_default();
     let mut reply = String::new();
     let mut audio = Vec::new();
     let mut first_audio = None;

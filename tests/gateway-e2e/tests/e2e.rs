@@ -767,32 +767,40 @@ async fn sigterm_drains_active_turns_then_exits() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn voice_client_speaks_a_wav_and_saves_the_reply() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("gateway-e2e-client-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
+/// What the simulator behind [`voice_client_turn`] answers.
+const CLIENT_REPLY: &str = "Sure, here is a short answer. It has two sentences.";
+
+/// The rest of the line of `stdout` that starts with `prefix`, trimmed.
+fn line(stdout: &str, prefix: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{stdout}"))
+        .to_string()
+}
+
+/// Runs `voice-client` with `input` (`--wav FILE` or `--text TEXT`) and `--out` through a
+/// gateway whose simulator answers [`CLIENT_REPLY`]; checks the reply, latency and saved lines
+/// and the saved WAV (16-bit mono 16 kHz PCM that says the reply), and returns the stdout.
+async fn voice_client_turn(
+    dir: &test_support::processes::TempDir,
+    input: Vec<std::ffi::OsString>,
+) -> anyhow::Result<String> {
     let script = dir.join("script.json");
-    std::fs::write(
-        &script,
-        r#"{"*": "Sure, here is a short answer. It has two sentences."}"#,
-    )?;
+    std::fs::write(&script, format!(r#"{{"*": "{CLIENT_REPLY}"}}"#))?;
     let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
     let gw = Gateway::with_sim(&sim, &[])?;
-    let (input, reply_wav) = (dir.join("in.wav"), dir.join("reply.wav"));
+    let reply_wav = dir.join("reply.wav");
     let target = format!("127.0.0.1:{}", gw.grpc_port);
-    let (inp, out) = (input.clone(), reply_wav.clone());
+    let out = reply_wav.clone();
     let run = tokio::task::spawn_blocking(move || {
-        let st = std::process::Command::new(sim_bin())
-            .args(["speak", "--text", "what is the weather", "--out"])
-            .arg(&inp)
-            .status()?;
-        anyhow::ensure!(st.success(), "voice-sim speak: {st}");
-        Ok(std::process::Command::new(client_bin())
-            .args(["--target", &target, "--wav"])
-            .arg(&inp)
+        std::process::Command::new(client_bin())
+            .args(["--target", &target])
+            .args(input)
             .arg("--out")
             .arg(&out)
-            .output()?)
+            .output()
     })
     .await??;
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
@@ -801,21 +809,12 @@ async fn voice_client_speaks_a_wav_and_saves_the_reply() -> anyhow::Result<()> {
         "{stdout}{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let line = |prefix: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::trim)
-            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{stdout}"))
-            .to_string()
-    };
-    assert_eq!(line("transcript:"), "what is the weather");
-    assert_eq!(
-        line("reply:"),
-        "Sure, here is a short answer. It has two sentences."
+    assert_eq!(line(&stdout, "reply:"), CLIENT_REPLY);
+    assert!(
+        line(&stdout, "latency:").contains("first audio (e2e)"),
+        "{stdout}"
     );
-    assert!(line("latency:").contains("first audio (e2e)"), "{stdout}");
-    let saved = line("saved:");
+    let saved = line(&stdout, "saved:");
     let wav = std::fs::read(&reply_wav)?;
     let info = voice_sim::codec::parse_wav(&wav).expect("a WAV file");
     assert_eq!(
@@ -833,6 +832,34 @@ async fn voice_client_speaks_a_wav_and_saves_the_reply() -> anyhow::Result<()> {
         hear(pcm),
         ["Sure, here is a short answer.", "It has two sentences."]
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_client_speaks_a_wav_and_saves_the_reply() -> anyhow::Result<()> {
+    let dir = test_support::processes::TempDir::new("gateway-e2e-client-wav");
+    let input = dir.join("in.wav");
+    let st = std::process::Command::new(sim_bin())
+        .args(["speak", "--text", "what is the weather", "--out"])
+        .arg(&input)
+        .status()?;
+    anyhow::ensure!(st.success(), "voice-sim speak: {st}");
+    let stdout = voice_client_turn(&dir, vec!["--wav".into(), input.into()]).await?;
+    assert_eq!(line(&stdout, "transcript:"), "what is the weather");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_client_types_a_text_turn_and_saves_the_reply() -> anyhow::Result<()> {
+    let dir = test_support::processes::TempDir::new("gateway-e2e-client-text");
+    let input = vec!["--text".into(), "what is the weather".into()];
+    let stdout = voice_client_turn(&dir, input).await?;
+    // A text turn's transcript is its text; it has no ASR time.
+    assert_eq!(line(&stdout, "transcript:"), "what is the weather");
+    assert!(
+        line(&stdout, "latency:").starts_with("asr 0.0 ms |"),
+        "{stdout}"
+    );
+    assert!(line(&stdout, "client:").contains("first audio"), "{stdout}");
     Ok(())
 }
