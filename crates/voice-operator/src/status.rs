@@ -37,7 +37,9 @@ pub struct Rollout {
     pub available: i32,
     /// The Deployment controller has seen the current spec.
     pub observed: bool,
-    /// `Progressing=False` with reason `ProgressDeadlineExceeded`.
+    /// `Progressing=False` with reason `ProgressDeadlineExceeded`, of the current spec: a status
+    /// the Deployment controller wrote before the spec changed (an apply's response to a fixed
+    /// image) says nothing of the new rollout.
     pub deadline_exceeded: bool,
     /// Message of the failing condition, if any.
     pub failure: Option<String>,
@@ -55,9 +57,10 @@ impl Rollout {
             .iter()
             .flatten()
             .find(|c| c.type_ == "Progressing");
-        let deadline_exceeded = progressing.is_some_and(|c| {
-            c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        });
+        let deadline_exceeded = observed
+            && progressing.is_some_and(|c| {
+                c.status == "False" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            });
         let failure = st
             .conditions
             .iter()
@@ -514,6 +517,31 @@ mod tests {
         let s = compute(&v, None, &o, &t(1));
         assert_eq!(get(&s, "Stalled").reason, "Forbidden");
         assert_eq!(get(&s, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_progress_deadline_counts_only_once_the_controller_has_seen_the_spec() {
+        let deployment = |generation: i64, observed: i64| -> Deployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "demo-gateway", "generation": generation},
+                "spec": {"replicas": 1, "selector": {}, "template": {}},
+                "status": {"observedGeneration": observed, "conditions": [{
+                    "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet \"demo-gateway-1\" has timed out progressing."
+                }]}
+            }))
+            .unwrap()
+        };
+        let stuck = Rollout::of(&deployment(1, 1));
+        assert!(stuck.deadline_exceeded && stuck.observed);
+        assert!(stuck.failure.unwrap().contains("timed out"));
+        // The image was fixed (generation 2); the apply's response still carries the old status.
+        let fixed = Rollout::of(&deployment(2, 1));
+        assert!(!fixed.deadline_exceeded && !fixed.observed);
+        let v = validate(&testdata::external()).unwrap();
+        let s = compute(&v, None, &obs(fixed, None), &t(1));
+        assert_eq!(get(&s, "Stalled").status, "False");
+        assert_eq!(get(&s, "Reconciling").status, "True");
     }
 
     #[test]
