@@ -149,6 +149,27 @@ fn the_chart_lints_with_default_and_scoped_values() {
 }
 
 #[test]
+fn the_chart_refuses_replicas_without_leader_election() {
+    let plane = Plane::shared();
+    let mut cmd = helm(plane);
+    cmd.args(["template", "voice-operator"])
+        .arg(repo_root().join(CHART))
+        .args(["--set", "leaderElection.enabled=false"]);
+    let (ok, text) = output_of(cmd, None);
+    assert!(
+        !ok && text.contains("needs leaderElection.enabled=true"),
+        "two replicas without leader election rendered:\n{text}"
+    );
+    // One replica without it is fine.
+    let one = render_chart(
+        plane,
+        "voice-operator-system",
+        &["leaderElection.enabled=false", "replicaCount=1"],
+    );
+    assert!(!one.contains("--leader-elect"), "{one}");
+}
+
+#[test]
 fn the_chart_grants_exactly_the_rights_of_the_kustomize_base() {
     let plane = Plane::shared();
     let chart = documents(&render_chart(plane, "voice-operator-system", &[]));
