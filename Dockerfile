@@ -21,8 +21,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot AS operator
 COPY --from=build /out/voice-operator /usr/local/bin/voice-operator
 USER 65532:65532
-# Admin port: /metrics, /livez, /readyz.
-EXPOSE 8080
+# Admin port (ADMIN_ADDR, default 0.0.0.0:8081): /metrics, /livez, /readyz.
+EXPOSE 8081
 ENTRYPOINT ["/usr/local/bin/voice-operator"]
 CMD ["run"]
 
