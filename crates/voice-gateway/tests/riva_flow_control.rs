@@ -17,6 +17,7 @@ async fn unread_tts_calls_do_not_stall_the_shared_connection() {
         sidecars: Default::default(),
         model: "sim".into(),
         llm_quirks: false,
+        required: Default::default(),
     });
     let any = "127.0.0.1:0".parse().expect("addr");
     let (bound, _serving) = voice_sim::start(state, any, any).await.expect("simulator");

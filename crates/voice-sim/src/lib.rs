@@ -41,6 +41,37 @@ pub struct SimState {
     pub model: String,
     /// Speak SSE with every tolerated quirk (comments, CRLF, split events, reasoning, no [DONE]).
     pub llm_quirks: bool,
+    /// Credentials the backends require of their clients.
+    pub required: Required,
+}
+
+/// Credentials the simulated backends require of their clients, as a hosted LLM or Riva behind
+/// an API gateway does (none by default), so that tests can see that a client sends them.
+#[derive(Debug, Clone, Default)]
+pub struct Required {
+    /// The LLM API (`/v1/...`) answers 401 to a request without `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Riva ASR and TTS calls without each of these `key: value` gRPC metadata entries fail
+    /// with UNAUTHENTICATED (gRPC health stays open, as readiness probes need).
+    pub metadata: Vec<(String, String)>,
+}
+
+impl Required {
+    /// A tonic interceptor that refuses calls without the required metadata.
+    fn metadata_check(&self) -> impl tonic::service::Interceptor + Clone + use<> {
+        let required = Arc::new(self.metadata.clone());
+        move |req: tonic::Request<()>| {
+            for (k, v) in required.iter() {
+                let got = req.metadata().get(k.as_str()).and_then(|x| x.to_str().ok());
+                if got != Some(v.as_str()) {
+                    return Err(tonic::Status::unauthenticated(format!(
+                        "voice-sim: gRPC metadata {k:?} missing or not the required value"
+                    )));
+                }
+            }
+            Ok(req)
+        }
+    }
 }
 
 /// Addresses the simulator actually listens on (useful with port 0).
@@ -86,11 +117,18 @@ pub async fn start(
     }
     // `Server::tcp_nodelay` is ignored by `serve_with_incoming`: set it on accepted sockets
     // (both servers), or Nagle delays the small frames (TTS chunks, SSE tokens) until an ACK.
+    let check = state.required.metadata_check();
     let grpc = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(100_000))
         .add_service(health)
-        .add_service(RivaSpeechRecognitionServer::new(riva::Asr(state.clone())))
-        .add_service(RivaSpeechSynthesisServer::new(riva::Tts(state.clone())))
+        .add_service(RivaSpeechRecognitionServer::with_interceptor(
+            riva::Asr(state.clone()),
+            check.clone(),
+        ))
+        .add_service(RivaSpeechSynthesisServer::with_interceptor(
+            riva::Tts(state.clone()),
+            check,
+        ))
         .serve_with_incoming(TcpIncoming::from(riva_l).with_nodelay(Some(true)));
     let http = axum::serve(nodelay(llm_l), llm::router(state));
     let handle = tokio::spawn(async move {

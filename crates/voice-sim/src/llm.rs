@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -70,10 +70,28 @@ async fn health() -> Json<Value> {
     Json(json!({"status": "ready", "name": "voice-sim", "simulator": true}))
 }
 
-async fn models(State(s): State<Arc<SimState>>) -> Json<Value> {
+async fn models(State(s): State<Arc<SimState>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
     Json(json!({"object": "list", "data": [
         {"id": s.model, "object": "model", "created": 0, "owned_by": "voice-sim (simulator)"}
     ]}))
+    .into_response()
+}
+
+/// A 401 when an API key is required and `headers` do not carry it as a bearer token.
+fn unauthorized(s: &SimState, headers: &HeaderMap) -> Option<Response> {
+    let key = s.required.api_key.as_deref()?;
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    (got != Some(format!("Bearer {key}").as_str())).then(|| {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "voice-sim: missing or wrong API key (Authorization: Bearer ...)",
+        )
+    })
 }
 
 fn error(status: StatusCode, msg: &str) -> Response {
@@ -102,7 +120,10 @@ fn last_user(body: &Value) -> Option<String> {
     }
 }
 
-async fn chat(State(s): State<Arc<SimState>>, body: Bytes) -> Response {
+async fn chat(State(s): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(refused) = unauthorized(&s, &headers) {
+        return refused;
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return error(StatusCode::BAD_REQUEST, "request body is not JSON");
     };
@@ -353,6 +374,7 @@ mod tests {
                 sidecars: Default::default(),
                 model: "sim".into(),
                 llm_quirks: false,
+                required: Default::default(),
             }),
             model: "m \"x\"".into(),
             toks: Vec::new(),

@@ -71,6 +71,13 @@ struct Args {
     /// Speak SSE with every quirk the gateway must tolerate.
     #[arg(long)]
     llm_quirks: bool,
+    /// Answer LLM requests without `Authorization: Bearer KEY` with 401.
+    #[arg(long, value_name = "KEY")]
+    require_api_key: Option<String>,
+    /// Fail Riva ASR/TTS calls without this gRPC metadata with UNAUTHENTICATED (repeatable;
+    /// gRPC health stays open).
+    #[arg(long, value_name = "KEY=VALUE", value_parser = metadata_entry)]
+    require_metadata: Vec<(String, String)>,
     /// Write the FileDescriptorSet of the simulator's protos to this file and exit.
     #[arg(long)]
     dump_descriptors: Option<PathBuf>,
@@ -90,6 +97,14 @@ enum Cmd {
         #[arg(long, default_value_t = 16_000)]
         sample_rate: u32,
     },
+}
+
+/// `key=value` (the key lower-cased, as gRPC metadata keys are).
+fn metadata_entry(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not key=value"))?;
+    Ok((k.trim().to_ascii_lowercase(), v.trim().to_string()))
 }
 
 #[tokio::main]
@@ -156,6 +171,10 @@ async fn main() -> anyhow::Result<()> {
         sidecars,
         model: args.model.clone(),
         llm_quirks: args.llm_quirks,
+        required: voice_sim::Required {
+            api_key: args.require_api_key.clone(),
+            metadata: args.require_metadata.clone(),
+        },
     });
     let (bound, handle) = voice_sim::start(state, args.riva_addr, args.llm_addr).await?;
     tracing::info!(riva = %bound.riva, llm = %bound.llm, profile = %args.profile, ?p, "voice-sim (SIMULATOR, not a real backend) listening");

@@ -97,6 +97,7 @@ async fn a_wav_with_a_sidecar_transcript_is_recognised_as_that_transcript() {
         sidecars,
         model: "sim".into(),
         llm_quirks: false,
+        required: Default::default(),
     });
     let any = "127.0.0.1:0".parse().expect("addr");
     let (bound, _serving) = voice_sim::start(state, any, any).await.expect("simulator");

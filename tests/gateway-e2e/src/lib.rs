@@ -149,6 +149,13 @@ impl Metrics {
             })
             .unwrap_or(0.0)
     }
+
+    /// `voice_gateway_requests_total`: (success, error).
+    pub fn requests(&self) -> (f64, f64) {
+        let status =
+            |s: &str| self.value(&format!("voice_gateway_requests_total{{status=\"{s}\"}}"));
+        (status("success"), status("error"))
+    }
 }
 
 /// An open StreamAudio call.

@@ -697,6 +697,69 @@ async fn a_stalled_tts_is_a_timeout_error() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// LLM_API_KEY goes to the LLM as a bearer token and RIVA_METADATA with every Riva call: a
+/// simulator that requires both serves a gateway that sends them (ASR, LLM and TTS all pass),
+/// and refuses one that sends others (LLM 401: `http_4xx`; Riva: `unauthenticated`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llm_api_key_and_riva_metadata_reach_the_backends() -> anyhow::Result<()> {
+    let sim = Sim::start(&[
+        "--profile",
+        "zero",
+        "--require-api-key",
+        "sk-e2e",
+        "--require-metadata",
+        "authorization=Bearer riva-e2e",
+        "--require-metadata",
+        "function-id=e2e",
+    ])?;
+    let metadata = "authorization=Bearer riva-e2e,Function-Id=e2e";
+    let good = Gateway::with_sim(
+        &sim,
+        &[("LLM_API_KEY", "sk-e2e"), ("RIVA_METADATA", metadata)],
+    )?;
+    let c = good.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    for chunk in speech_chunks("are you there") {
+        c.send(msg::audio(&chunk)).await?;
+    }
+    let got = c.finish().await?;
+    assert!(
+        llm_text(&got).starts_with("You said: are you there. "),
+        "{got:?}"
+    );
+    assert_eq!(hear(&audio(&got)).len(), 4, "{:?}", tags(&got));
+    assert_eq!(good.metrics()?.requests(), (1.0, 0.0));
+
+    let bad = Gateway::with_sim(
+        &sim,
+        &[
+            ("LLM_API_KEY", "sk-other"),
+            (
+                "RIVA_METADATA",
+                "authorization=Bearer other,function-id=e2e",
+            ),
+        ],
+    )?;
+    let m = expect_backend_error(&bad, vec![msg::text("hello")]).await;
+    assert!(m.contains("LLM") && m.contains("401"), "{m}");
+    let speech = speech_chunks("hello")
+        .iter()
+        .map(|c| msg::audio(c))
+        .collect();
+    let m = expect_backend_error(&bad, speech).await;
+    assert!(m.contains("ASR") && m.contains("unauthenticated"), "{m}");
+    let m = bad.metrics()?;
+    assert_eq!(
+        m.value("voice_gateway_llm_errors_total{error_type=\"http_4xx\"}"),
+        1.0
+    );
+    assert_eq!(
+        m.value("voice_gateway_asr_errors_total{error_type=\"unauthenticated\"}"),
+        1.0
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_down_means_not_ready_and_errors() -> anyhow::Result<()> {
     let dead_riva = format!("127.0.0.1:{}", free_port());
