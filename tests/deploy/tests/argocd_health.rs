@@ -92,3 +92,95 @@ fn the_argocd_configmap_carries_health_lua_verbatim() {
         "deploy/argocd/argocd-cm.yaml differs from health.lua"
     );
 }
+
+/// health.lua on what voice-operator itself writes (`status::compute` and `status::invalid`),
+/// not only on hand-written fixtures: each state a pipeline passes through maps to the Argo CD
+/// health a person expects.
+#[test]
+fn what_the_operator_writes_maps_to_the_expected_health() {
+    use voice_operator::model::validate;
+    use voice_operator::status::{self, Observed, Outcome, PassError, Rollout};
+
+    let yaml =
+        std::fs::read_to_string(test_support::repo_root().join("examples/minimal.yaml")).unwrap();
+    let mut vp: voice_types::VoicePipeline = serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .find(|d| d["kind"] == "VoicePipeline")
+        .map(|d| serde_yaml::from_value(d).unwrap())
+        .unwrap();
+    vp.metadata.namespace = Some("voice".into());
+    vp.metadata.generation = Some(2);
+    let v = validate(&vp).unwrap();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    );
+    let rollout = |available: i32, deadline_exceeded: bool| Rollout {
+        desired: 1,
+        ready: available,
+        total: 1,
+        updated: 1,
+        available,
+        observed: true,
+        deadline_exceeded,
+        failure: None,
+    };
+    let observed = |gateway: Rollout| Observed {
+        gateway: Some(gateway),
+        riva: None,
+        monitoring: Outcome::Applied,
+        dashboards: Outcome::Applied,
+        error: None,
+        aux_error: None,
+        dashboards_namespace: Some("voice".into()),
+        services_pending: vec![],
+    };
+    let error = |reason: &str, permanent: bool| PassError {
+        reason: reason.into(),
+        message: format!("{reason} (test)"),
+        permanent,
+    };
+    let mut cases: Vec<(&str, voice_types::VoicePipelineStatus, &str)> = vec![];
+    let status_of = |o: &Observed| status::compute(&v, None, o, &now);
+    cases.push((
+        "rolling out",
+        status_of(&observed(rollout(0, false))),
+        "Progressing",
+    ));
+    let mut o = observed(rollout(1, false));
+    o.services_pending = vec!["demo-gateway".into()];
+    cases.push(("creating its Service", status_of(&o), "Progressing"));
+    cases.push((
+        "serving",
+        status_of(&observed(rollout(1, false))),
+        "Healthy",
+    ));
+    let mut o = observed(rollout(1, false));
+    o.monitoring = Outcome::Failed("forbidden".into());
+    cases.push(("serving, monitoring refused", status_of(&o), "Healthy"));
+    cases.push((
+        "past its progress deadline",
+        status_of(&observed(rollout(0, true))),
+        "Degraded",
+    ));
+    let mut o = observed(rollout(1, false));
+    o.error = Some(error("Forbidden", true));
+    cases.push(("refused for good (RBAC)", status_of(&o), "Degraded"));
+    let mut o = observed(rollout(1, false));
+    o.error = Some(error("ApiUnreachable", false));
+    cases.push(("a transient error, retried", status_of(&o), "Progressing"));
+    cases.push((
+        "an invalid spec",
+        status::invalid(Some(2), None, "invalid spec: test", &now),
+        "Degraded",
+    ));
+    for (what, st, expected) in cases {
+        let object = serde_json::json!({
+            "apiVersion": "voice.workflow.io/v1alpha1",
+            "kind": "VoicePipeline",
+            "metadata": {"name": "demo", "namespace": "voice", "generation": 2},
+            "status": st,
+        });
+        let health = health_of(&object);
+        assert_eq!(health.status, expected, "{what}: {health:?}\n{object:#}");
+    }
+}
