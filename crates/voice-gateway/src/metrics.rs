@@ -44,7 +44,8 @@ pub struct ErrorType {
 /// `stage` label of the queue-time histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Stage {
-    /// `tts` (sentence waiting for synthesis), `client` (reply waiting for the client to read).
+    /// `tts` (a sentence, from the LLM reader until its synthesis starts), `client` (a reply
+    /// audio chunk, waiting for room in the stream's outbound queue).
     pub stage: &'static str,
 }
 
@@ -254,7 +255,7 @@ impl Metrics {
         );
         r.register(
             "voice_gateway_stage_queue_seconds",
-            "Time work waits before a stage: tts (sentence before synthesis), client (reply before the client reads it)",
+            "Time work waits before a stage: tts (a sentence, from the LLM reader until its synthesis starts), client (a reply audio chunk, for room in the stream's 32-message outbound queue: more than zero only once the client reads slower than the reply comes and the HTTP/2 buffers are full)",
             m.queue_seconds.clone(),
         );
         m

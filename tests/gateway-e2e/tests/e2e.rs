@@ -336,6 +336,52 @@ async fn a_client_that_stops_reading_is_ended_and_frees_its_slot() -> anyhow::Re
     Ok(())
 }
 
+/// `stage_queue_seconds{stage="client"}` times each reply audio chunk's wait for room in the
+/// outbound queue: a client that reads slowly makes it grow, one observation per chunk;
+/// `stage="tts"` has one per sentence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_shows_in_the_client_queue_time() -> anyhow::Result<()> {
+    // About 60 s of reply audio, 300 chunks: more than the HTTP/2 buffers and the queue hold.
+    let dir = test_support::processes::TempDir::new("gateway-e2e-slow-reader");
+    let script = dir.join("script.json");
+    let long_reply = "This sentence is one of many in a very long reply. ".repeat(20);
+    std::fs::write(&script, format!(r#"{{"*": "{}"}}"#, long_reply.trim()))?;
+    let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
+    let gw = Gateway::with_sim(&sim, &[("LLM_MAX_TOKENS", "1000")])?;
+    let mut c = gw.open_with_window(16 * 1024).await?;
+    c.send(msg::config(16_000, false)).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    c.send(msg::text("tell me a long story")).await?;
+    let mut chunks = 0;
+    loop {
+        match c.next().await? {
+            Some(Got::Audio(_)) => {
+                chunks += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Some(Got::Event(EventType::Listening, _)) => break,
+            Some(_) => {}
+            None => anyhow::bail!("the stream ended before LISTENING"),
+        }
+    }
+    let m = gw.metrics()?;
+    let client = |s: &str| {
+        m.value(&format!(
+            "voice_gateway_stage_queue_seconds_{s}{{stage=\"client\"}}"
+        ))
+    };
+    assert!(chunks > 250, "{chunks} audio chunks");
+    assert_eq!(client("count"), f64::from(chunks));
+    // Some 200 chunks waited about 10 ms each for the client.
+    assert!(client("sum") > 1.0, "client stage: {} s", client("sum"));
+    assert_eq!(
+        m.value("voice_gateway_stage_queue_seconds_count{stage=\"tts\"}"),
+        20.0
+    );
+    assert_eq!(m.requests(), (1.0, 0.0));
+    Ok(())
+}
+
 async fn expect_status(
     gw: &Gateway,
     msgs: Vec<voice_proto::voice::ClientMessage>,
