@@ -171,7 +171,10 @@ impl LlmClient {
         })
     }
 
-    /// Whether the LLM answers (`GET /models` returns anything but a 5xx).
+    /// Whether the LLM answers and takes the API key: `GET /models` returns anything but a 5xx,
+    /// a 401 or a 403 (a 404 passes: some OpenAI-compatible servers have no `/models`). A
+    /// refused key makes the pod not ready, so a rollout with a wrong key stops before it
+    /// replaces pods that work.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         let mut req = Request::builder().uri(self.models.clone());
         if let Some(a) = &self.auth {
@@ -185,6 +188,17 @@ impl LlmClient {
             Ok(Err(e)) => Err(format!("LLM unreachable: {e}")),
             Ok(Ok(r)) if r.status().is_server_error() => {
                 Err(format!("LLM answered {}", r.status()))
+            }
+            Ok(Ok(r))
+                if matches!(
+                    r.status(),
+                    hyper::StatusCode::UNAUTHORIZED | hyper::StatusCode::FORBIDDEN
+                ) =>
+            {
+                Err(format!(
+                    "LLM refused the API key ({}): check LLM_API_KEY",
+                    r.status()
+                ))
             }
             Ok(Ok(_)) => Ok(()),
         }

@@ -776,8 +776,9 @@ async fn llm_api_key_and_riva_metadata_reach_the_backends() -> anyhow::Result<()
     assert_eq!(hear(&audio(&got)).len(), 4, "{:?}", tags(&got));
     assert_eq!(good.metrics()?.requests(), (1.0, 0.0));
 
-    let bad = Gateway::with_sim(
-        &sim,
+    let bad = Gateway::start(
+        &sim.riva,
+        &sim.llm,
         &[
             ("LLM_API_KEY", "sk-other"),
             (
@@ -786,6 +787,16 @@ async fn llm_api_key_and_riva_metadata_reach_the_backends() -> anyhow::Result<()
             ),
         ],
     )?;
+    // A refused key keeps the pod out of the Service (and a rollout from going on).
+    let why = poll(
+        Duration::from_secs(10),
+        "/readyz names the refused key",
+        || {
+            let (status, why) = bad.http("/readyz").ok()?;
+            (status == 503 && why.contains("LLM refused the API key (401")).then_some(why)
+        },
+    )?;
+    assert!(why.contains("LLM_API_KEY"), "{why}");
     let m = expect_backend_error(&bad, vec![msg::text("hello")]).await;
     assert!(m.contains("LLM") && m.contains("401"), "{m}");
     let speech = speech_chunks("hello")
