@@ -363,6 +363,28 @@ pub struct ExternalRiva {
         {"rule": "int(self.split(':')[1]) >= 1 && int(self.split(':')[1]) <= 65535", "message": "riva.external.uri: the port must be between 1 and 65535"}
     ]))]
     pub uri: String,
+
+    /// TLS to Riva (env `RIVA_USE_TLS`): present, even empty (`tls: {}`), the gateway speaks
+    /// TLS, trusting the public web PKI roots unless `caSecretRef` names its CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RivaTls>,
+
+    /// Secret key whose value is the gRPC metadata sent with every Riva call, as
+    /// `key=value,key=value` (env `RIVA_METADATA`), e.g. the `authorization` and `function-id`
+    /// of a Riva hosted on NVIDIA's cloud functions. From a Secret: it usually holds a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_secret_ref: Option<SecretKeyRef>,
+}
+
+/// TLS to an external Riva.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RivaTls {
+    /// Secret key holding the PEM CA certificates to trust for Riva (e.g. the `ca.crt` of a
+    /// cert-manager Secret), mounted into the gateway (env `RIVA_SSL_CERT`). Empty: the
+    /// public web PKI roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Riva run by the operator on GPU nodes.

@@ -281,6 +281,12 @@ async fn bad_specs_are_rejected_at_apply_with_a_clear_message() {
             ),
         ),
         (
+            "good-tls",
+            format!(
+                "{LLM}  riva:\n    external:\n      uri: grpc.nvcf.nvidia.com:443\n      tls: {{caSecretRef: {{name: riva-ca, key: ca.crt}}}}\n      metadataSecretRef: {{name: nvcf, key: metadata}}\n"
+            ),
+        ),
+        (
             "good-multi",
             format!("{LLM}{RIVA}  gateway: {{asr: {{language: multi}}}}\n"),
         ),

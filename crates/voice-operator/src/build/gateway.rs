@@ -7,14 +7,15 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvFromSource, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    EnvFromSource, EnvVar, EnvVarSource, GRPCAction, HTTPGetAction, KeyToPath, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
+use voice_types::SecretKeyRef;
 
 use super::owned_meta;
 use crate::model::{
@@ -25,6 +26,10 @@ use crate::model::{
 /// Seconds the pod's termination grace exceeds the gateway's own shutdown grace, so the
 /// kubelet never kills a gateway that is still draining streams.
 pub const TERMINATION_GRACE_MARGIN: i64 = 15;
+/// Where the gateway finds the external Riva's CA certificates (`spec.riva.external.tls`).
+pub const RIVA_CA_DIR: &str = "/etc/voice-gateway/riva-ca";
+/// The CA file's name in [`RIVA_CA_DIR`], whatever the Secret's key.
+const RIVA_CA_FILE: &str = "ca.crt";
 /// UID/GID the gateway runs as (distroless "nonroot").
 const NON_ROOT: i64 = 65532;
 
@@ -33,7 +38,7 @@ const NON_ROOT: i64 = 65532;
 pub fn build_gateway_config(v: &Validated) -> ConfigMap {
     let g = &v.spec.gateway;
     let l = &v.spec.llm;
-    let data = BTreeMap::from([
+    let mut data = BTreeMap::from([
         ("RIVA_URI".to_string(), v.riva_uri.clone()),
         ("LLM_SERVICE_URL".into(), l.url.clone()),
         ("LLM_MODEL".into(), l.model.clone()),
@@ -56,6 +61,15 @@ pub fn build_gateway_config(v: &Validated) -> ConfigMap {
         ("TTS_VOICE".into(), g.tts.voice.clone()),
         ("TTS_SAMPLE_RATE".into(), g.tts.sample_rate.to_string()),
     ]);
+    if let Some(tls) = v.spec.riva.external.as_ref().and_then(|e| e.tls.as_ref()) {
+        data.insert("RIVA_USE_TLS".into(), "true".into());
+        if tls.ca_secret_ref.is_some() {
+            data.insert(
+                "RIVA_SSL_CERT".into(),
+                format!("{RIVA_CA_DIR}/{RIVA_CA_FILE}"),
+            );
+        }
+    }
     ConfigMap {
         metadata: owned_meta(v, Component::Gateway, v.child_name(Component::Gateway)),
         data: Some(data),
@@ -63,9 +77,27 @@ pub fn build_gateway_config(v: &Validated) -> ConfigMap {
     }
 }
 
+/// The Secret keys the gateway reads: the LLM API key, the external Riva's metadata and CA.
+fn secret_refs(v: &Validated) -> [(&'static str, Option<&SecretKeyRef>); 3] {
+    let external = v.spec.riva.external.as_ref();
+    [
+        ("llm-api-key", v.spec.llm.api_key_secret_ref.as_ref()),
+        (
+            "riva-metadata",
+            external.and_then(|e| e.metadata_secret_ref.as_ref()),
+        ),
+        (
+            "riva-ca",
+            external
+                .and_then(|e| e.tls.as_ref())
+                .and_then(|t| t.ca_secret_ref.as_ref()),
+        ),
+    ]
+}
+
 /// Hash of everything the gateway reads at start that is not in its pod template: the config
-/// ConfigMap's data and the API key's Secret reference. Set on the pod template, so a change
-/// rolls the pods. (A change inside the Secret itself does not: rotate by naming a new key.)
+/// ConfigMap's data and the Secret references. Set on the pod template, so a change rolls the
+/// pods. (A change inside a Secret itself does not: rotate by naming a new key.)
 pub fn config_hash(config: &ConfigMap, v: &Validated) -> String {
     let mut h = Sha256::new();
     for (k, val) in config.data.iter().flatten() {
@@ -74,8 +106,10 @@ pub fn config_hash(config: &ConfigMap, v: &Validated) -> String {
         h.update(val.as_bytes());
         h.update([0]);
     }
-    if let Some(s) = &v.spec.llm.api_key_secret_ref {
-        h.update(format!("secret:{}/{}", s.name, s.key).as_bytes());
+    for (what, s) in secret_refs(v) {
+        if let Some(s) = s {
+            h.update(format!("{what}:{}/{}", s.name, s.key).as_bytes());
+        }
     }
     h.finalize()
         .iter()
@@ -88,18 +122,51 @@ pub fn config_hash(config: &ConfigMap, v: &Validated) -> String {
 pub fn build_gateway_deployment(v: &Validated, config_hash: &str) -> Deployment {
     let g = &v.spec.gateway;
     let name = v.child_name(Component::Gateway);
-    let mut env = vec![];
-    if let Some(s) = &v.spec.llm.api_key_secret_ref {
-        env.push(EnvVar {
-            name: "LLM_API_KEY".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: s.name.clone(),
-                    key: s.key.clone(),
-                    optional: Some(false),
-                }),
+    let [(_, api_key), (_, riva_metadata), (_, riva_ca)] = secret_refs(v);
+    let from_secret = |name: &str, s: &SecretKeyRef| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: s.name.clone(),
+                key: s.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let env: Vec<EnvVar> = [("LLM_API_KEY", api_key), ("RIVA_METADATA", riva_metadata)]
+        .into_iter()
+        .filter_map(|(name, s)| Some(from_secret(name, s?)))
+        .collect();
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    }];
+    let mut volume_mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    if let Some(ca) = riva_ca {
+        volumes.push(Volume {
+            name: "riva-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: RIVA_CA_FILE.into(),
+                    ..Default::default()
+                }]),
                 ..Default::default()
             }),
+            ..Default::default()
+        });
+        volume_mounts.push(VolumeMount {
+            name: "riva-ca".into(),
+            mount_path: RIVA_CA_DIR.into(),
+            read_only: Some(true),
             ..Default::default()
         });
     }
@@ -156,11 +223,7 @@ pub fn build_gateway_deployment(v: &Validated, config_hash: &str) -> Deployment 
             ..Default::default()
         }),
         security_context: Some(restricted_container_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(volume_mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
@@ -208,11 +271,7 @@ pub fn build_gateway_deployment(v: &Validated, config_hash: &str) -> Deployment 
                     }),
                     node_selector: g.node_selector.clone(),
                     tolerations: g.tolerations.clone(),
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Default::default()
-                    }]),
+                    volumes: Some(volumes),
                     ..Default::default()
                 }),
             },
@@ -395,6 +454,87 @@ mod tests {
         assert_eq!(before, hash(&vp));
         vp.spec.llm.system_prompt = "Be terse.".into();
         assert_ne!(before, hash(&vp));
+        // Naming another Secret key for the Riva metadata rolls the pods too.
+        let with_metadata = |key: &str| {
+            let mut vp = vp.clone();
+            vp.spec.riva.external.as_mut().unwrap().metadata_secret_ref = Some(SecretKeyRef {
+                name: "nvcf".into(),
+                key: key.into(),
+            });
+            hash(&vp)
+        };
+        assert_ne!(with_metadata("v1"), with_metadata("v2"));
+    }
+
+    #[test]
+    fn an_external_riva_over_tls_gets_its_ca_and_metadata_from_secrets() {
+        let mut vp = testdata::external();
+        let plain = validate(&vp).unwrap();
+        let config = build_gateway_config(&plain).data.unwrap();
+        assert!(!config.contains_key("RIVA_USE_TLS") && !config.contains_key("RIVA_SSL_CERT"));
+        let ext = vp.spec.riva.external.as_mut().unwrap();
+        ext.tls = Some(voice_types::RivaTls {
+            ca_secret_ref: Some(SecretKeyRef {
+                name: "riva-tls".into(),
+                key: "ca.crt".into(),
+            }),
+        });
+        ext.metadata_secret_ref = Some(SecretKeyRef {
+            name: "nvcf".into(),
+            key: "metadata".into(),
+        });
+        let v = validate(&vp).unwrap();
+        let config = build_gateway_config(&v).data.unwrap();
+        assert_eq!(config["RIVA_USE_TLS"], "true");
+        assert_eq!(config["RIVA_SSL_CERT"], "/etc/voice-gateway/riva-ca/ca.crt");
+        let pod = build(&v)
+            .gateway_deployment
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let c = &pod.containers[0];
+        let metadata = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "RIVA_METADATA")
+            .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+            .expect("RIVA_METADATA from the Secret");
+        assert_eq!(
+            (metadata.name.as_str(), metadata.key.as_str()),
+            ("nvcf", "metadata")
+        );
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "riva-ca")
+            .expect("the CA mounted");
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (RIVA_CA_DIR, Some(true))
+        );
+        let secret = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|vol| vol.name == "riva-ca")
+            .and_then(|vol| vol.secret.as_ref())
+            .expect("the CA's volume");
+        assert_eq!(secret.secret_name.as_deref(), Some("riva-tls"));
+        let item = &secret.items.as_ref().unwrap()[0];
+        assert_eq!(
+            (item.key.as_str(), item.path.as_str()),
+            ("ca.crt", "ca.crt")
+        );
+
+        // `tls: {}`: TLS with the public roots, no CA file.
+        vp.spec.riva.external.as_mut().unwrap().tls = Some(Default::default());
+        let config = build_gateway_config(&validate(&vp).unwrap()).data.unwrap();
+        assert_eq!(config["RIVA_USE_TLS"], "true");
+        assert!(!config.contains_key("RIVA_SSL_CERT"));
     }
 
     #[test]
