@@ -322,6 +322,25 @@ fn plausible_language_code(code: &str) -> bool {
             .all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// Longest client `session_id` accepted, in bytes: it is on every log line of its session.
+const MAX_SESSION_ID: usize = 128;
+
+/// The session's id: the client's, when it gave one that fits on a log line (at most
+/// [`MAX_SESSION_ID`] bytes, no control characters), else a fresh one.
+fn session_id(given: &str) -> Result<String, Status> {
+    if given.is_empty() {
+        return Ok(new_session_id());
+    }
+    if given.len() > MAX_SESSION_ID || given.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "session_id must be at most {MAX_SESSION_ID} bytes without control characters \
+             (got {} bytes); empty means the gateway picks one",
+            given.len()
+        )));
+    }
+    Ok(given.to_string())
+}
+
 fn new_session_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -378,10 +397,18 @@ pub async fn run(
             return;
         }
     };
-    let id = if config.session_id.is_empty() {
-        new_session_id()
-    } else {
-        config.session_id.clone()
+    let id = match session_id(&config.session_id) {
+        Ok(id) => id,
+        Err(s) => {
+            warn!(code = ?s.code(), reason = s.message(), "session refused");
+            let _ = tx
+                .send(Out {
+                    turn: 0,
+                    msg: Err(s),
+                })
+                .await;
+            return;
+        }
     };
     // At ERROR level, so the span (and the session_id it gives every line) exists at any
     // LOG_LEVEL: an `info` span would be filtered out at `warn`, the level of the lines that
@@ -1124,6 +1151,21 @@ mod tests {
         drop(AsrCall { events, task });
         let r = tokio::time::timeout(Duration::from_secs(5), gone).await;
         assert!(matches!(r, Ok(Err(_))), "the reader task outlived its call");
+    }
+
+    #[test]
+    fn session_ids_fit_on_a_log_line() {
+        assert_eq!(session_id("call-42").unwrap(), "call-42");
+        assert!(!session_id("").unwrap().is_empty(), "a fresh one");
+        assert!(session_id(&"x".repeat(MAX_SESSION_ID)).is_ok());
+        for bad in [
+            "x".repeat(MAX_SESSION_ID + 1),
+            "a\nforged log line".into(),
+            "\u{1b}[31m".into(),
+        ] {
+            let s = session_id(&bad).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
     }
 
     #[test]

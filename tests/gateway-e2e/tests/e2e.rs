@@ -428,6 +428,13 @@ async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
     assert!(s.message().contains("not a BCP-47 tag"), "{s:?}");
     let s = expect_status(&gw, vec![with_language("en_US\"} 1")]).await;
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    // A session_id too long for a log line.
+    let s = expect_status(&gw, vec![msg::session(&"s".repeat(200), 16_000, "en-US")]).await;
+    assert_eq!(s.code(), tonic::Code::InvalidArgument);
+    assert!(
+        s.message().contains("session_id must be at most 128 bytes"),
+        "{s:?}"
+    );
     // Empty: ASR_LANGUAGE.
     let mut c = gw.open().await?;
     c.send(with_language("")).await?;
