@@ -23,6 +23,12 @@ pub struct Config {
     /// Ours: use TLS to Riva (with the web PKI roots). An `https://` RIVA_URI implies it.
     #[arg(long, env = "RIVA_USE_TLS", default_value_t = false, action = ArgAction::Set)]
     pub riva_use_tls: bool,
+    /// Ours (named after NVIDIA's riva client option `--ssl-cert`): path of a PEM file of CA
+    /// certificates to trust for Riva instead of the web PKI roots (a private CA, e.g.
+    /// cert-manager's); setting it implies TLS. Read at startup: a missing file, or one without
+    /// a valid certificate, stops the gateway (see [`Config::riva_ca_pem`]). Empty: web PKI.
+    #[arg(long, env = "RIVA_SSL_CERT", default_value = "")]
+    pub riva_ssl_cert: String,
     /// Ours: extra gRPC metadata sent to Riva, `key=value` pairs separated by commas
     /// (e.g. `authorization=Bearer nvapi-…,function-id=…`).
     #[arg(long, env = "RIVA_METADATA", default_value = "")]
@@ -139,6 +145,30 @@ impl Config {
     pub fn client_stall_timeout(&self) -> Duration {
         secs(self.client_stall_timeout)
     }
+    /// The PEM of RIVA_SSL_CERT (`None` if empty), checked now, at startup: a file that cannot
+    /// be read, holds no PEM certificate, or holds one that is no valid CA certificate is an
+    /// error naming the variable and the path (rustls would otherwise skip such certificates
+    /// silently, and the gateway would only fail to connect later).
+    pub fn riva_ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        let path = self.riva_ssl_cert.as_str();
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let fail = |why: String| anyhow::anyhow!("RIVA_SSL_CERT {path:?}: {why}");
+        let pem = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| fail(format!("not a PEM file of certificates: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| fail(format!("not a valid CA certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(fail("no PEM certificate in it".into()));
+        }
+        Ok(Some(pem))
+    }
 }
 
 /// Sample rates the gateway accepts from clients (what Riva's ASR models take).
@@ -225,6 +255,38 @@ mod tests {
             Some(LevelFilter::TRACE)
         );
         assert_eq!(ok("voice_gateway[session]"), "voice_gateway[session]");
+    }
+
+    /// RIVA_SSL_CERT's file errors, each naming the variable and the path (a valid CA is in
+    /// the end-to-end test `riva_tls`, which makes one with openssl).
+    #[test]
+    fn riva_ssl_cert_is_checked_at_startup() {
+        let ca = |path: &str| {
+            Config::try_parse_from(["voice-gateway", "--riva-ssl-cert", path])
+                .expect("flags")
+                .riva_ca_pem()
+        };
+        assert!(ca("").expect("empty: web PKI").is_none());
+        let dir = std::env::temp_dir().join(format!("riva-ssl-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let garbage = "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n";
+        for (name, content, why) in [
+            ("missing.pem", None, "cannot read it"),
+            ("empty.pem", Some("not PEM at all\n"), "no PEM certificate"),
+            ("garbage.pem", Some(garbage), "not a valid CA certificate"),
+        ] {
+            let path = dir.join(name);
+            if let Some(c) = content {
+                std::fs::write(&path, c).unwrap();
+            }
+            let path = path.to_str().unwrap();
+            let e = ca(path).expect_err(name).to_string();
+            assert!(
+                e.starts_with(&format!("RIVA_SSL_CERT {path:?}: {why}")),
+                "{e}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

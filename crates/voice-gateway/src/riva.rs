@@ -1,5 +1,5 @@
-//! Riva clients: one lazily connected HTTP/2 channel shared by every session, optional TLS,
-//! optional metadata (API keys) on every call.
+//! Riva clients: one lazily connected HTTP/2 channel shared by every session, optional TLS (web
+//! PKI roots, or the CA certificates of RIVA_SSL_CERT), optional metadata (API keys) on every call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use voice_proto::riva::AudioEncoding;
 use voice_proto::riva::asr::riva_speech_recognition_client::RivaSpeechRecognitionClient;
 use voice_proto::riva::asr::{
@@ -87,7 +87,19 @@ impl Riva {
         metadata: Metadata,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let tls = tls || uri.starts_with("https://");
+        Self::with_ca(uri, tls, None, metadata, timeout)
+    }
+
+    /// [`Riva::new`], with TLS trusting only the CA certificates in `ca_pem` (PEM) instead of
+    /// the web PKI roots when it is given; it implies TLS.
+    pub fn with_ca(
+        uri: &str,
+        tls: bool,
+        ca_pem: Option<Vec<u8>>,
+        metadata: Metadata,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let tls = tls || ca_pem.is_some() || uri.starts_with("https://");
         let full = if uri.contains("://") {
             uri.to_string()
         } else if tls {
@@ -110,7 +122,11 @@ impl Riva {
             .initial_stream_window_size(Some(RIVA_STREAM_WINDOW))
             .initial_connection_window_size(Some(RIVA_CONNECTION_WINDOW));
         if tls {
-            ep = ep.tls_config(ClientTlsConfig::new().with_webpki_roots())?;
+            let roots = match ca_pem {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_webpki_roots(),
+            };
+            ep = ep.tls_config(roots)?;
         }
         Ok(Self {
             channel: ep.connect_lazy(),

@@ -167,9 +167,10 @@ async fn probe_loop(
 
 /// Builds the shared state from the configuration.
 pub fn build_shared(config: Config, drain: watch::Receiver<bool>) -> anyhow::Result<Arc<Shared>> {
-    let riva = Riva::new(
+    let riva = Riva::with_ca(
         &config.riva_uri,
         config.riva_use_tls,
+        config.riva_ca_pem()?,
         Metadata::parse(&config.riva_metadata)?,
         config.riva_timeout(),
     )?;

@@ -1,7 +1,8 @@
 //! `voice-sim`: a simulator of the gateway's backends, for tests, benchmarks and the demo.
 //!
 //! ```text
-//!   --riva-addr ──► gRPC: nvidia.riva.asr.RivaSpeechRecognition   (StreamingRecognize, Recognize)
+//!   --riva-addr ──► gRPC (TLS with --tls-cert/--tls-key):
+//!                         nvidia.riva.asr.RivaSpeechRecognition   (StreamingRecognize, Recognize)
 //!                         nvidia.riva.tts.RivaSpeechSynthesis     (SynthesizeOnline, Synthesize)
 //!                         grpc.health.v1.Health                   ("", the two services, "voice-sim")
 //!   --llm-addr  ──► HTTP: POST /v1/chat/completions (SSE), GET /v1/models, GET /health
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig};
 use voice_proto::riva::asr::riva_speech_recognition_server::RivaSpeechRecognitionServer;
 use voice_proto::riva::tts::riva_speech_synthesis_server::RivaSpeechSynthesisServer;
 
@@ -99,6 +101,17 @@ pub async fn start(
     riva_addr: SocketAddr,
     llm_addr: SocketAddr,
 ) -> anyhow::Result<(Bound, tokio::task::JoinHandle<anyhow::Result<()>>)> {
+    start_with_tls(state, riva_addr, llm_addr, None).await
+}
+
+/// [`start`], with the Riva gRPC listener (its health service included) serving TLS with
+/// `tls` (certificate chain and key) when given; the LLM HTTP listener stays plain.
+pub async fn start_with_tls(
+    state: Arc<SimState>,
+    riva_addr: SocketAddr,
+    llm_addr: SocketAddr,
+    tls: Option<Identity>,
+) -> anyhow::Result<(Bound, tokio::task::JoinHandle<anyhow::Result<()>>)> {
     let riva_l = TcpListener::bind(riva_addr).await?;
     let llm_l = TcpListener::bind(llm_addr).await?;
     let bound = Bound {
@@ -118,7 +131,13 @@ pub async fn start(
     // `Server::tcp_nodelay` is ignored by `serve_with_incoming`: set it on accepted sockets
     // (both servers), or Nagle delays the small frames (TTS chunks, SSE tokens) until an ACK.
     let check = state.required.metadata_check();
-    let grpc = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(identity) = tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| anyhow::anyhow!("TLS certificate or key not usable: {e:?}"))?;
+    }
+    let grpc = builder
         .max_concurrent_streams(Some(100_000))
         .add_service(health)
         .add_service(RivaSpeechRecognitionServer::with_interceptor(

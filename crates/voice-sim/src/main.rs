@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use voice_sim::{SimState, codec, llm, profile};
 
@@ -78,6 +79,14 @@ struct Args {
     /// gRPC health stays open).
     #[arg(long, value_name = "KEY=VALUE", value_parser = metadata_entry)]
     require_metadata: Vec<(String, String)>,
+    /// Serve the Riva gRPC listener (health included) over TLS with this PEM certificate chain,
+    /// as a Riva behind cert-manager does (the certificate is the simulator's; the LLM stays
+    /// plain HTTP).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Write the FileDescriptorSet of the simulator's protos to this file and exit.
     #[arg(long)]
     dump_descriptors: Option<PathBuf>,
@@ -176,8 +185,17 @@ async fn main() -> anyhow::Result<()> {
             metadata: args.require_metadata.clone(),
         },
     });
-    let (bound, handle) = voice_sim::start(state, args.riva_addr, args.llm_addr).await?;
-    tracing::info!(riva = %bound.riva, llm = %bound.llm, profile = %args.profile, ?p, "voice-sim (SIMULATOR, not a real backend) listening");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tonic::transport::Identity::from_pem(
+            std::fs::read(cert).with_context(|| format!("--tls-cert {}", cert.display()))?,
+            std::fs::read(key).with_context(|| format!("--tls-key {}", key.display()))?,
+        )),
+        _ => None,
+    };
+    let riva_tls = tls.is_some();
+    let (bound, handle) =
+        voice_sim::start_with_tls(state, args.riva_addr, args.llm_addr, tls).await?;
+    tracing::info!(riva = %bound.riva, riva_tls, llm = %bound.llm, profile = %args.profile, ?p, "voice-sim (SIMULATOR, not a real backend) listening");
     // Machine-readable line for tests and scripts.
     println!("voice-sim listening riva={} llm={}", bound.riva, bound.llm);
     tokio::select! {
