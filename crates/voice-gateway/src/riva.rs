@@ -100,6 +100,12 @@ impl Riva {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let tls = tls || ca_pem.is_some() || uri.starts_with("https://");
+        // tonic takes TLS from the scheme: an http:// URI would go in plain text, silently.
+        anyhow::ensure!(
+            !(tls && uri.starts_with("http://")),
+            "RIVA_URI {uri:?} is http:// but TLS is asked for (RIVA_USE_TLS or RIVA_SSL_CERT): \
+             use https:// or host:port"
+        );
         let full = if uri.contains("://") {
             uri.to_string()
         } else if tls {
@@ -213,5 +219,29 @@ impl Riva {
             Ok(Ok(r)) if r.get_ref().status == 1 => Ok(()),
             Ok(Ok(r)) => Err(format!("Riva health status {}", r.get_ref().status)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_with_an_http_uri_is_refused_rather_than_sent_in_plain_text() {
+        let t = Duration::from_secs(1);
+        let err = Riva::new("http://riva:50051", true, Metadata::default(), t).unwrap_err();
+        assert!(
+            err.to_string().contains("is http:// but TLS is asked for"),
+            "{err}"
+        );
+        let err = Riva::with_ca(
+            "http://riva:50051",
+            false,
+            Some(vec![]),
+            Metadata::default(),
+            t,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("RIVA_SSL_CERT"), "{err}");
     }
 }
