@@ -411,9 +411,14 @@ pub async fn run(
         }
     };
     // At ERROR level, so the span (and the session_id it gives every line) exists at any
-    // LOG_LEVEL: an `info` span would be filtered out at `warn`, the level of the lines that
-    // matter most.
-    let span = tracing::error_span!("session", session_id = %id);
+    // LOG_LEVEL that shows a session's lines: an `info` span would be filtered out at `warn`,
+    // the level of the lines that matter most. None at all when even warn is off (the gateway
+    // logs nothing at error level): a span entered on every poll costs CPU per turn.
+    let span = if tracing::enabled!(tracing::Level::WARN) {
+        tracing::error_span!("session", session_id = %id)
+    } else {
+        tracing::Span::none()
+    };
     let session = match Session::new(shared, id, config, tx.clone(), ctl) {
         Ok(s) => s,
         Err(s) => {
@@ -821,8 +826,12 @@ impl Session {
             reply.clone(),
         );
         // The JSON log shows the innermost span's fields only: the turn's carry the session_id
-        // too (ERROR level for the session span's reason).
-        let span = tracing::error_span!("turn", session_id = %self.id, turn = id);
+        // too (ERROR level, and none when warn is off, for the session span's reasons).
+        let span = if tracing::enabled!(tracing::Level::WARN) {
+            tracing::error_span!("turn", session_id = %self.id, turn = id)
+        } else {
+            tracing::Span::none()
+        };
         let handle = tokio::spawn(fut.instrument(span));
         self.current = Some(Running {
             id,
