@@ -351,6 +351,16 @@ fn new_session_id() -> String {
     format!("gw-{:x}-{n}", t ^ u64::from(std::process::id()) << 40)
 }
 
+/// Ends a call with `s`, its last message (a refusal, or an error of the client's).
+async fn end_with(tx: &mpsc::Sender<Out>, s: Status) {
+    let _ = tx
+        .send(Out {
+            turn: 0,
+            msg: Err(s),
+        })
+        .await;
+}
+
 /// Runs one StreamAudio call to its end.
 pub async fn run(
     shared: Arc<Shared>,
@@ -376,23 +386,13 @@ pub async fn run(
             let s = Status::invalid_argument(format!(
                 "{what} before config: the first ClientMessage must be config"
             ));
-            let _ = tx
-                .send(Out {
-                    turn: 0,
-                    msg: Err(s),
-                })
-                .await;
+            end_with(&tx, s).await;
             return;
         }
         Ok(None) => return,
         Err(s) => {
             if let Some(s) = malformed(&s) {
-                let _ = tx
-                    .send(Out {
-                        turn: 0,
-                        msg: Err(s),
-                    })
-                    .await;
+                end_with(&tx, s).await;
             }
             return;
         }
@@ -401,12 +401,7 @@ pub async fn run(
         Ok(id) => id,
         Err(s) => {
             warn!(code = ?s.code(), reason = s.message(), "session refused");
-            let _ = tx
-                .send(Out {
-                    turn: 0,
-                    msg: Err(s),
-                })
-                .await;
+            end_with(&tx, s).await;
             return;
         }
     };
@@ -423,12 +418,7 @@ pub async fn run(
         Ok(s) => s,
         Err(s) => {
             span.in_scope(|| warn!(code = ?s.code(), reason = s.message(), "session refused"));
-            let _ = tx
-                .send(Out {
-                    turn: 0,
-                    msg: Err(s),
-                })
-                .await;
+            end_with(&tx, s).await;
             return;
         }
     };
@@ -555,13 +545,7 @@ impl Session {
             }
             Err(End::Status(s)) => {
                 warn!(code = ?s.code(), reason = s.message(), "session rejected");
-                let _ = self
-                    .tx
-                    .send(Out {
-                        turn: 0,
-                        msg: Err(s),
-                    })
-                    .await;
+                end_with(&self.tx, s).await;
             }
             Err(End::Failed(e)) => {
                 let m = &self.ctx.shared.metrics;
