@@ -19,10 +19,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kube::core::DeserializeGuard;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
-use voice_types::VoicePipeline;
+
+use crate::service_lane::PipelineRef;
 
 /// What a pass of one pipeline left to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +32,6 @@ pub enum Pass {
     Retry,
 }
 
-/// A pipeline, as its controller names it.
-pub type PipelineKey = ObjectRef<DeserializeGuard<VoicePipeline>>;
-
 /// The wait before the next pass after `failures` failed passes in a row (1 or more).
 pub fn retry_delay(failures: u32) -> Duration {
     Duration::from_millis((500u64 << failures.min(10)).min(300_000))
@@ -43,12 +39,12 @@ pub fn retry_delay(failures: u32) -> Duration {
 
 /// Consecutive failed passes per pipeline.
 #[derive(Debug, Default)]
-pub struct Backoff(Mutex<HashMap<PipelineKey, u32>>);
+pub struct Backoff(Mutex<HashMap<PipelineRef, u32>>);
 
 impl Backoff {
     /// The controller's next action for `key` after a pass that ended in `pass`: a clean
     /// pass forgets the pipeline's failures; a failed one counts and waits [`retry_delay`].
-    pub fn after(&self, key: &PipelineKey, pass: Pass) -> Action {
+    pub fn after(&self, key: &PipelineRef, pass: Pass) -> Action {
         let mut failures = self.0.lock().expect("not poisoned");
         match pass {
             Pass::Done => {
@@ -65,19 +61,9 @@ impl Backoff {
 
     /// Forgets a pipeline that is gone.
     pub fn forget(&self, namespace: Option<&str>, name: &str) {
-        let mut key = PipelineKey::new(name);
+        let mut key = PipelineRef::new(name);
         key.namespace = namespace.map(String::from);
         self.0.lock().expect("not poisoned").remove(&key);
-    }
-
-    /// Pipelines with failures counted.
-    pub fn len(&self) -> usize {
-        self.0.lock().expect("not poisoned").len()
-    }
-
-    /// Whether no pipeline has failures counted.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -85,8 +71,8 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    fn key(ns: &str, name: &str) -> PipelineKey {
-        PipelineKey::new(name).within(ns)
+    fn key(ns: &str, name: &str) -> PipelineRef {
+        PipelineRef::new(name).within(ns)
     }
 
     #[test]
@@ -109,8 +95,11 @@ mod tests {
         assert_eq!(b.after(&demo, Pass::Done), Action::await_change());
         assert_eq!(b.after(&demo, Pass::Retry), secs(1));
         b.forget(Some("a"), "demo");
-        assert_eq!(b.len(), 1, "the other pipeline's count stays");
-        b.forget(Some("b"), "demo");
-        assert!(b.is_empty());
+        assert_eq!(b.after(&demo, Pass::Retry), secs(1), "forgotten");
+        assert_eq!(
+            b.after(&key("b", "demo"), Pass::Retry),
+            secs(2),
+            "the other pipeline's count stays"
+        );
     }
 }
