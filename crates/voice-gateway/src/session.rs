@@ -125,17 +125,17 @@ fn event(t: EventType, message: &str) -> Content {
     })
 }
 
-/// Why a message did not reach the outbound queue.
+/// Why an item did not reach a bounded queue.
 #[derive(Debug, PartialEq, Eq)]
 enum Unsent {
-    /// The response stream is gone (the client cancelled or disconnected).
+    /// The receiving side is gone (for the outbound queue: the client cancelled or disconnected).
     Closed,
-    /// The queue stayed full for the whole stall timeout: the client reads nothing.
+    /// The queue stayed full for the whole stall timeout: its reader takes nothing.
     Stalled,
 }
 
-/// Queues `out` for the client, waiting at most `stall` for room.
-async fn enqueue(tx: &mpsc::Sender<Out>, out: Out, stall: Duration) -> Result<(), Unsent> {
+/// Queues `out` (for the client, or audio for Riva ASR), waiting at most `stall` for room.
+async fn enqueue<T>(tx: &mpsc::Sender<T>, out: T, stall: Duration) -> Result<(), Unsent> {
     // The common case, room in the queue, takes no timer.
     match tx.try_send(out) {
         Ok(()) => Ok(()),
@@ -638,11 +638,24 @@ impl Session {
                     self.open_asr();
                 }
                 self.utterance_start.get_or_insert_with(Instant::now);
-                if let Some(a) = &self.asr_audio {
-                    // Bounded: a slow ASR slows the reading of this client, nothing piles up.
-                    let _ = a.send(audio).await;
+                let Some(a) = &self.asr_audio else {
+                    return Ok(());
+                };
+                // Bounded: a slow ASR slows the reading of this client, nothing piles up. One that
+                // takes no audio for RIVA_TIMEOUT has stalled (a hung server stops reading once
+                // its HTTP/2 window is full): without this wait's end the session would stop.
+                let cfg = &self.ctx.shared.config;
+                match enqueue(a, audio, cfg.riva_timeout()).await {
+                    Ok(()) | Err(Unsent::Closed) => Ok(()), // closed: its reader reports why
+                    Err(Unsent::Stalled) => Err(End::Failed(TurnError::backend(
+                        Stage::Asr,
+                        "timeout",
+                        format!(
+                            "Riva ASR took no audio for RIVA_TIMEOUT={} s",
+                            cfg.riva_timeout
+                        ),
+                    ))),
                 }
-                Ok(())
             }
             Some(C::TextInput(text)) => {
                 if text.trim().is_empty() {

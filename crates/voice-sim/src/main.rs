@@ -57,6 +57,10 @@ struct Args {
     /// keep working. (`[tts-stall]` in the text to synthesize: headers, then no audio.)
     #[arg(long, default_value_t = 0.0)]
     tts_stall_rate: f64,
+    /// Probability that an ASR call takes its config, then reads no audio and answers nothing
+    /// (a hung server: the caller's HTTP/2 window fills); ASR only, LLM and TTS keep working.
+    #[arg(long, default_value_t = 0.0)]
+    asr_stall_rate: f64,
     /// Seed of the fault draw.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -173,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         args.seed,
     );
     faults.tts_stall_rate = args.tts_stall_rate;
+    faults.asr_stall_rate = args.asr_stall_rate;
     let state = Arc::new(SimState {
         profile: p,
         faults,

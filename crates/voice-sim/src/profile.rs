@@ -82,6 +82,9 @@ pub struct Faults {
     /// Probability that a TTS call never answers (no response headers, no audio), drawn per
     /// `SynthesizeOnline` call apart from the faults above, so TTS stalls while ASR and LLM work.
     pub tts_stall_rate: f64,
+    /// Probability that a `StreamingRecognize` call, once it has its config, reads no more audio
+    /// and answers nothing, drawn per call apart from the faults above.
+    pub asr_stall_rate: f64,
     seed: u64,
     counter: AtomicU64,
 }
@@ -107,6 +110,7 @@ impl Faults {
             stall_rate,
             disconnect_rate,
             tts_stall_rate: 0.0,
+            asr_stall_rate: 0.0,
             seed,
             counter: AtomicU64::new(0),
         }
@@ -115,6 +119,11 @@ impl Faults {
     /// Draws whether the next TTS call stalls ([`Self::tts_stall_rate`]).
     pub fn draw_tts_stall(&self) -> bool {
         self.tts_stall_rate > 0.0 && self.uniform() < self.tts_stall_rate
+    }
+
+    /// Draws whether the next ASR call stops reading ([`Self::asr_stall_rate`]).
+    pub fn draw_asr_stall(&self) -> bool {
+        self.asr_stall_rate > 0.0 && self.uniform() < self.asr_stall_rate
     }
 
     /// The next number of the seeded draw, in [0, 1).

@@ -294,6 +294,14 @@ impl asr::riva_speech_recognition_server::RivaSpeechRecognition for Asr {
             return Err(Status::unavailable("voice-sim: simulated ASR outage"));
         }
         let (tx, rx) = mpsc::channel(64);
+        if self.0.faults.draw_asr_stall() {
+            // Holds the call open without reading it, until the client gives up on it.
+            tokio::spawn(async move {
+                let _unread = inbound;
+                tx.closed().await;
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
         tokio::spawn(self.clone().run_stream(config, inbound, tx, fault));
         Ok(Response::new(ReceiverStream::new(rx)))
     }

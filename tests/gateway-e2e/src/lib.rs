@@ -83,6 +83,15 @@ impl Gateway {
         Self::open_on(self.client().await?).await
     }
 
+    /// Opens a stream, sends the config (16 kHz, no timings) and waits for its first LISTENING.
+    pub async fn listening(&self) -> anyhow::Result<Conversation> {
+        let mut c = self.open().await?;
+        c.send(msg::config(16_000, false)).await?;
+        c.until(|g| matches!(g, Got::Event(EventType::Listening, _)))
+            .await?;
+        Ok(c)
+    }
+
     /// Opens a stream on a connection of its own whose HTTP/2 windows (stream and connection)
     /// are `window` bytes: once the client has that much unread, the gateway can send no more.
     pub async fn open_with_window(&self, window: u32) -> anyhow::Result<Conversation> {

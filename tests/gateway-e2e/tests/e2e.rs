@@ -193,9 +193,7 @@ async fn text_turns_with_timings_and_bounded_history() -> anyhow::Result<()> {
 async fn spoken_and_text_turns_share_one_stream() -> anyhow::Result<()> {
     let sim = Sim::start(&["--profile", "zero"])?;
     let gw = Gateway::with_sim(&sim, &[])?;
-    let mut c = gw.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    c.until(is_event(EventType::Listening)).await?;
+    let mut c = gw.listening().await?;
     for (i, words) in ["first question", "second question"].iter().enumerate() {
         for chunk in speech_chunks(words) {
             c.send(msg::audio(&chunk)).await?;
@@ -230,9 +228,7 @@ async fn barge_in_stops_the_reply_and_listens() -> anyhow::Result<()> {
     // Real-time TTS: the reply takes seconds to stream, so there is something to interrupt.
     let sim = Sim::start(&["--profile", "zero", "--tts-rtf", "1.0"])?;
     let gw = Gateway::with_sim(&sim, &[])?;
-    let mut c = gw.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    c.until(is_event(EventType::Listening)).await?;
+    let mut c = gw.listening().await?;
     c.send(msg::text("tell me a long story")).await?;
     c.until(|g| matches!(g, Got::Audio(_))).await?;
     c.send(msg::barge_in()).await?;
@@ -312,9 +308,7 @@ async fn a_client_that_stops_reading_is_ended_and_frees_its_slot() -> anyhow::Re
         0.0
     );
     // Its slot is free: with MAX_CONCURRENT_STREAMS=1 another stream is served in full.
-    let mut next = gw.open().await?;
-    next.send(msg::config(16_000, false)).await?;
-    next.until(is_event(EventType::Listening)).await?;
+    let mut next = gw.listening().await?;
     next.send(msg::text("hello")).await?;
     let got = next.until(is_event(EventType::Listening)).await?;
     assert_eq!(llm_text(&got).trim_end(), long_reply.trim_end());
@@ -465,12 +459,8 @@ async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
     assert_eq!(s.code(), tonic::Code::InvalidArgument);
 
     // Two streams fill the gateway; the third is refused; closing one frees a place.
-    let mut a = gw.open().await?;
-    a.send(msg::config(16_000, false)).await?;
-    a.until(is_event(EventType::Listening)).await?;
-    let mut b = gw.open().await?;
-    b.send(msg::config(16_000, false)).await?;
-    b.until(is_event(EventType::Listening)).await?;
+    let a = gw.listening().await?;
+    let _b = gw.listening().await?;
     let err = gw.open().await.expect_err("third stream must be refused");
     let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
     assert_eq!(s.code(), tonic::Code::ResourceExhausted);
@@ -479,9 +469,7 @@ async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
         1.0
     );
     a.finish().await?;
-    let mut d = gw.open().await?;
-    d.send(msg::config(16_000, false)).await?;
-    d.until(is_event(EventType::Listening)).await?;
+    gw.listening().await?;
     Ok(())
 }
 
@@ -610,9 +598,7 @@ async fn backend_failures_end_the_stream_with_error_and_counters() -> anyhow::Re
         ],
     )?;
     // Another stream carries on through all of it.
-    let mut bystander = gw.open().await?;
-    bystander.send(msg::config(16_000, false)).await?;
-    bystander.until(is_event(EventType::Listening)).await?;
+    let mut bystander = gw.listening().await?;
 
     let m = expect_backend_error(&gw, vec![msg::text("x [llm-error]")]).await;
     assert!(m.contains("LLM") && m.contains("503"), "{m}");
@@ -671,6 +657,27 @@ async fn backend_failures_end_the_stream_with_error_and_counters() -> anyhow::Re
     Ok(())
 }
 
+/// Once `active` streams remain: the one failed turn counted in its stage's `error_counter`
+/// and in `requests_total{status="error"}`, and no turn a success.
+fn expect_one_failure(gw: &Gateway, active: f64, error_counter: &str) -> anyhow::Result<()> {
+    let mx = poll(
+        Duration::from_secs(5),
+        "the failed stream's slot freed",
+        || {
+            let m = gw.metrics().ok()?;
+            (m.value("voice_gateway_active_streams") == active).then_some(m)
+        },
+    )?;
+    for (series, want) in [
+        (error_counter, 1.0),
+        ("voice_gateway_requests_total{status=\"error\"}", 1.0),
+        ("voice_gateway_requests_total{status=\"success\"}", 0.0),
+    ] {
+        assert_eq!(mx.value(series), want, "{series}");
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_asr_is_a_timeout_error_after_the_end_of_audio() -> anyhow::Result<()> {
     // Every call to this simulator stalls: its ASR reads the audio and never answers.
@@ -695,16 +702,57 @@ async fn a_stalled_asr_is_a_timeout_error_after_the_end_of_audio() -> anyhow::Re
             tags(&got)
         ),
     }
-    let mx = gw.metrics()?;
-    assert_eq!(
-        mx.value("voice_gateway_asr_errors_total{error_type=\"timeout\"}"),
-        1.0
+    expect_one_failure(
+        &gw,
+        0.0,
+        "voice_gateway_asr_errors_total{error_type=\"timeout\"}",
+    )
+}
+
+/// A Riva ASR that stops reading audio mid-utterance (a hung server: once its HTTP/2 window is
+/// full the gateway can hand it nothing more) while the client keeps streaming: after
+/// RIVA_TIMEOUT without room for a chunk, an ERROR event naming the ASR timeout, its counters,
+/// and the slot freed, while a text turn on another stream carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asr_that_stops_reading_audio_is_a_timeout_error_mid_stream() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero", "--asr-stall-rate", "1"])?;
+    let gw = Gateway::with_sim(&sim, &[("RIVA_TIMEOUT", "1")])?;
+    let mut bystander = gw.listening().await?;
+
+    let mut c = gw.listening().await?;
+    // A live microphone: 100 ms chunks, more than every window and queue on the way holds,
+    // and the client never half-closes.
+    let tx = c.tx.clone();
+    let mic = tokio::spawn(async move {
+        let chunk = msg::audio(&[0u8; 3200]);
+        for _ in 0..2_000 {
+            if tx.send(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let got = c.until(is_event(EventType::Error)).await?;
+    let Some(Got::Event(_, m)) = got.last() else {
+        unreachable!()
+    };
+    assert!(
+        m.contains("ASR") && m.contains("timeout") && m.contains("took no audio"),
+        "{m}"
     );
-    assert_eq!(
-        mx.value("voice_gateway_requests_total{status=\"error\"}"),
-        1.0
-    );
-    assert_eq!(mx.value("voice_gateway_active_streams"), 0.0);
+    match c.next().await {
+        Ok(None) => {}
+        other => panic!("expected the stream to end OK after the ERROR event, got {other:?}"),
+    }
+    mic.abort();
+    expect_one_failure(
+        &gw,
+        1.0,
+        "voice_gateway_asr_errors_total{error_type=\"timeout\"}",
+    )?;
+
+    bystander.send(msg::text("still there?")).await?;
+    let after = bystander.until(is_event(EventType::Listening)).await?;
+    assert!(llm_text(&after).starts_with("You said: still there. "));
     Ok(())
 }
 
@@ -727,25 +775,11 @@ async fn a_stalled_tts_is_a_timeout_error() -> anyhow::Result<()> {
             m.contains("TTS") && m.contains("timeout") && m.contains(what),
             "{m}"
         );
-        let mx = poll(Duration::from_secs(5), "the stream's slot freed", || {
-            let m = gw.metrics().ok()?;
-            (m.value("voice_gateway_active_streams") == 0.0).then_some(m)
-        })?;
-        assert_eq!(
-            mx.value("voice_gateway_tts_errors_total{error_type=\"timeout\"}"),
-            1.0,
-            "{what}"
-        );
-        assert_eq!(
-            mx.value("voice_gateway_requests_total{status=\"error\"}"),
-            1.0,
-            "{what}"
-        );
-        assert_eq!(
-            mx.value("voice_gateway_requests_total{status=\"success\"}"),
+        expect_one_failure(
+            &gw,
             0.0,
-            "{what}"
-        );
+            "voice_gateway_tts_errors_total{error_type=\"timeout\"}",
+        )?;
     }
     Ok(())
 }
@@ -858,9 +892,7 @@ async fn backends_down_means_not_ready_and_errors() -> anyhow::Result<()> {
 async fn sse_quirks_are_tolerated_end_to_end() -> anyhow::Result<()> {
     let sim = Sim::start(&["--profile", "zero", "--llm-quirks"])?;
     let gw = Gateway::with_sim(&sim, &[])?;
-    let mut c = gw.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    c.until(is_event(EventType::Listening)).await?;
+    let mut c = gw.listening().await?;
     c.send(msg::text("quirky")).await?;
     let got = c.until(is_event(EventType::Listening)).await?;
     // Reasoning and <think> never reach the text or the audio.
