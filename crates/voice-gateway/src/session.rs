@@ -54,6 +54,9 @@ pub const PENDING_TURNS: usize = 4;
 #[derive(Debug)]
 pub struct Out {
     turn: u64,
+    /// The turn's last message (its LISTENING): once the stream takes it, none of the turn is
+    /// left in the queue.
+    ends_turn: bool,
     msg: Result<ServerMessage, Status>,
 }
 
@@ -62,6 +65,9 @@ pub struct Out {
 pub struct OutCtl {
     /// Queued messages of turns below this one were interrupted (barge-in): dropped, not sent.
     floor: AtomicU64,
+    /// The last turn whose closing message the stream has taken: a barge-in once a later turn has
+    /// finished finds that turn's reply still queued, and drops it.
+    taken_turn: AtomicU64,
     /// Set when the client stopped reading: the stream drops what is queued and ends with it.
     stalled: OnceLock<Status>,
 }
@@ -108,6 +114,9 @@ impl futures::Stream for OutStream {
                 Poll::Ready(Some(o)) => {
                     if o.turn != 0 && o.turn < this.ctl.floor.load(Ordering::Acquire) {
                         continue; // queued output of an interrupted turn
+                    }
+                    if o.ends_turn {
+                        this.ctl.taken_turn.store(o.turn, Ordering::Release);
                     }
                     return Poll::Ready(Some(o.msg));
                 }
@@ -162,6 +171,7 @@ impl Tx {
     async fn send(&self, c: Content) -> Result<(), TurnError> {
         let out = Out {
             turn: self.turn,
+            ends_turn: false,
             msg: Ok(ServerMessage { content: Some(c) }),
         };
         enqueue(&self.tx, out, self.stall)
@@ -356,6 +366,7 @@ async fn end_with(tx: &mpsc::Sender<Out>, s: Status) {
     let _ = tx
         .send(Out {
             turn: 0,
+            ends_turn: false,
             msg: Err(s),
         })
         .await;
@@ -433,6 +444,8 @@ struct Session {
     sample_rate: i32,
     history: VecDeque<ChatMessage>,
     next_turn: u64,
+    /// The last turn that ran to its end (0: none yet).
+    finished_turn: u64,
     current: Option<Running>,
     pending: VecDeque<Pending>,
     asr_audio: Option<mpsc::Sender<Bytes>>,
@@ -498,6 +511,7 @@ impl Session {
             sample_rate,
             history: VecDeque::new(),
             next_turn: 1,
+            finished_turn: 0,
             current: None,
             pending: VecDeque::new(),
             asr_audio: None,
@@ -510,8 +524,14 @@ impl Session {
     }
 
     async fn send0(&self, c: Content) -> Result<(), End> {
+        self.send_tagged(0, c).await
+    }
+
+    /// Queues `c` as the last message of turn `turn` (0: of none), so that a barge-in can drop it.
+    async fn send_tagged(&self, turn: u64, c: Content) -> Result<(), End> {
         let out = Out {
-            turn: 0,
+            turn,
+            ends_turn: turn != 0,
             msg: Ok(ServerMessage { content: Some(c) }),
         };
         enqueue(&self.tx, out, self.ctx.shared.config.client_stall_timeout())
@@ -868,7 +888,9 @@ impl Session {
                     .get_or_create(&crate::metrics::Status { status: "success" })
                     .inc();
                 self.remember(running.user, reply);
-                self.send0(event(EventType::Listening, "")).await?;
+                self.finished_turn = running.id;
+                self.send_tagged(running.id, event(EventType::Listening, ""))
+                    .await?;
                 self.maybe_start();
                 Ok(())
             }
@@ -885,8 +907,7 @@ impl Session {
 
     async fn barge_in(&mut self) -> Result<(), End> {
         let Some(r) = self.current.take() else {
-            debug!("barge-in with no reply in progress");
-            return Ok(());
+            return self.drop_queued_reply().await;
         };
         r.handle.abort();
         // Everything this turn queued for the client is dropped from here on.
@@ -905,6 +926,25 @@ impl Session {
         self.send0(event(EventType::Listening, "Interrupted"))
             .await?;
         Ok(())
+    }
+
+    /// A barge-in once the last turn has finished: its reply is all queued, and the client may
+    /// not have read the end of it (a slow reader; what left the queue is the client's to stop).
+    /// Its rest and its LISTENING are dropped, and LISTENING "Interrupted" follows, as for a
+    /// turn in progress. The turn stays a success and its reply stays in the history whole.
+    async fn drop_queued_reply(&mut self) -> Result<(), End> {
+        let turn = self.finished_turn;
+        if turn == 0 || self.ctl.taken_turn.load(Ordering::Acquire) >= turn {
+            debug!("barge-in with no reply in progress or queued");
+            return Ok(());
+        }
+        self.ctl.floor.store(turn + 1, Ordering::Release);
+        self.ctx.shared.metrics.barge_ins.inc();
+        info!(
+            turn,
+            "barge-in: the rest of the finished reply dropped from the queue"
+        );
+        self.send0(event(EventType::Listening, "Interrupted")).await
     }
 }
 
@@ -1097,6 +1137,7 @@ mod tests {
     fn chunk(turn: u64) -> Out {
         Out {
             turn,
+            ends_turn: false,
             msg: Ok(ServerMessage {
                 content: Some(event(EventType::Speaking, "")),
             }),

@@ -267,18 +267,69 @@ async fn barge_in_stops_the_reply_and_listens() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A barge-in after the reply has finished, from a client that has not read all of it: the
+/// reply's rest (audio, timings, LISTENING) still in the gateway's queue is dropped, and
+/// LISTENING "Interrupted" follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barge_in_after_the_reply_finished_drops_its_queued_rest() -> anyhow::Result<()> {
+    // ~140 KB of audio (200 ms chunks of 6.4 KB): more than the client's 16 KiB window and the
+    // gateway's HTTP/2 send buffer take (77 KB in all, measured), less than those and its
+    // 32-message queue hold (~280 KB), so the turn ends with the reply's tail in the queue.
+    let reply = "This sentence is one of many in a long reply. Here is one more of them.";
+    let sim = Sim::replying(reply, &[])?;
+    let gw = Gateway::with_sim(&sim, &[("LLM_MAX_TOKENS", "1000")])?;
+    let mut c = gw.open_with_window(16 * 1024).await?;
+    c.send(msg::config(16_000, true)).await?;
+    c.until(is_event(EventType::Listening)).await?;
+    c.send(msg::text("tell me a story")).await?;
+    // Nothing is read until the turn has ended in the gateway.
+    poll(Duration::from_secs(10), "the turn finished", || {
+        let m = gw.metrics().ok()?;
+        (m.value("voice_gateway_requests_total{status=\"success\"}") == 1.0).then_some(())
+    })?;
+    c.send(msg::barge_in()).await?;
+    let got = c.until(is_event(EventType::Listening)).await?;
+    let Some(Got::Event(_, why)) = got.last() else {
+        unreachable!()
+    };
+    assert_eq!(why, "Interrupted", "{:?}", tags(&got));
+    assert!(
+        !got.iter().any(|g| matches!(g, Got::Timings(_))),
+        "{:?}",
+        tags(&got)
+    );
+    let heard = audio(&got).len();
+    let whole = voice_sim::codec::encode_speech(reply, 16_000).len();
+    assert!(heard > 0 && heard < whole, "{heard} of {whole} bytes");
+
+    // The next turn is whole, and its history has the finished exchange.
+    c.send(msg::text("short [count]")).await?;
+    let next = c.until(is_event(EventType::Listening)).await?;
+    assert_eq!(llm_text(&next), "This conversation has 4 messages.");
+    // A barge-in once the client has read a reply to its end has nothing to drop: no event.
+    c.send(msg::barge_in()).await?;
+    c.send(msg::text("short [count]")).await?;
+    let last = c.until(is_event(EventType::Listening)).await?;
+    assert_eq!(tags(&last)[0], "PROCESSING", "{:?}", tags(&last));
+    let m = gw.metrics()?;
+    assert_eq!(m.value("voice_gateway_barge_ins_total"), 1.0);
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"success\"}"),
+        3.0
+    );
+    Ok(())
+}
+
 /// A client that stops reading while its reply streams: after CLIENT_STALL_TIMEOUT with the
 /// outbound queue full, the gateway ends that stream with RESOURCE_EXHAUSTED and frees its slot,
 /// its backend calls and its queue, while other streams carry on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_ended_and_frees_its_slot() -> anyhow::Result<()> {
     // A reply of megabytes of audio: more than the client's 16 KiB windows, the gateway's
-    // HTTP/2 send buffer for the stream (400 KiB) and its outbound queue hold together.
-    let dir = test_support::processes::TempDir::new("gateway-e2e-stall");
-    let script = dir.join("script.json");
+    // HTTP/2 send buffer for the stream and its outbound queue hold together (~280 KB, see
+    // barge_in_after_the_reply_finished_drops_its_queued_rest).
     let long_reply = "This sentence is one of many in a very long reply. ".repeat(40);
-    std::fs::write(&script, format!(r#"{{"*": "{long_reply}"}}"#))?;
-    let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
+    let sim = Sim::replying(&long_reply, &[])?;
     let gw = Gateway::with_sim(
         &sim,
         &[
@@ -336,11 +387,8 @@ async fn a_client_that_stops_reading_is_ended_and_frees_its_slot() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_shows_in_the_client_queue_time() -> anyhow::Result<()> {
     // About 60 s of reply audio, 300 chunks: more than the HTTP/2 buffers and the queue hold.
-    let dir = test_support::processes::TempDir::new("gateway-e2e-slow-reader");
-    let script = dir.join("script.json");
     let long_reply = "This sentence is one of many in a very long reply. ".repeat(20);
-    std::fs::write(&script, format!(r#"{{"*": "{}"}}"#, long_reply.trim()))?;
-    let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
+    let sim = Sim::replying(long_reply.trim(), &[])?;
     let gw = Gateway::with_sim(&sim, &[("LLM_MAX_TOKENS", "1000")])?;
     let mut c = gw.open_with_window(16 * 1024).await?;
     c.send(msg::config(16_000, false)).await?;
@@ -946,9 +994,7 @@ async fn voice_client_turn(
     dir: &test_support::processes::TempDir,
     input: Vec<std::ffi::OsString>,
 ) -> anyhow::Result<String> {
-    let script = dir.join("script.json");
-    std::fs::write(&script, format!(r#"{{"*": "{CLIENT_REPLY}"}}"#))?;
-    let sim = Sim::start(&["--profile", "zero", "--script", script.to_str().unwrap()])?;
+    let sim = Sim::replying(CLIENT_REPLY, &[])?;
     let gw = Gateway::with_sim(&sim, &[])?;
     let reply_wav = dir.join("reply.wav");
     let target = format!("127.0.0.1:{}", gw.grpc_port);

@@ -13,19 +13,8 @@ use voice_proto::voice::EventType;
 async fn draining_refuses_new_streams_reports_not_ready_and_ends_at_the_grace_period()
 -> anyhow::Result<()> {
     // A long reply spoken at half real time: the turn outlasts the 2-s grace period.
-    let dir = std::env::temp_dir().join(format!("gateway-e2e-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let script = dir.join("script.json");
     let reply = "This sentence is one of many in a long reply. ".repeat(20);
-    std::fs::write(&script, format!(r#"{{"*": "{}"}}"#, reply.trim()))?;
-    let sim = Sim::start(&[
-        "--profile",
-        "zero",
-        "--tts-rtf",
-        "0.5",
-        "--script",
-        script.to_str().unwrap(),
-    ])?;
+    let sim = Sim::replying(reply.trim(), &["--tts-rtf", "0.5"])?;
     let gw = Gateway::with_sim(&sim, &[("SHUTDOWN_GRACE_PERIOD", "2")])?;
 
     // A health watch on a connection of its own, as a load balancer keeps one.

@@ -193,6 +193,19 @@ impl Sim {
         Self::spawn(Command::new(&bins().sim), args)
     }
 
+    /// Starts `voice-sim --profile zero` whose LLM answers every message with `reply` (a script
+    /// of one `*` entry), with extra arguments.
+    pub fn replying(reply: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let dir = TempDir::new("voice-sim-script");
+        let script = dir.join("script.json");
+        std::fs::write(&script, serde_json::json!({ "*": reply }).to_string())?;
+        let script = script.to_str().context("temp path")?;
+        let mut all = vec!["--profile", "zero", "--script", script];
+        all.extend_from_slice(args);
+        // The simulator has read its script once it prints its addresses.
+        Self::start(&all)
+    }
+
     /// Starts the simulator by `command` (its program and any arguments before the sim's own,
     /// e.g. a `chroot`) on free loopback ports with extra arguments, and reads the addresses it
     /// prints.
