@@ -332,6 +332,36 @@ fn plausible_language_code(code: &str) -> bool {
             .all(|t| (1..=8).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
+/// `code` in BCP-47's conventional case (`en-us` → `en-US`, `ZH-hans-cn` → `zh-Hans-CN`): the
+/// primary subtag lower case, a 4-letter script title case, a 2-letter region upper case, the
+/// rest (and everything after a one-letter extension subtag) lower case. Tags are
+/// case-insensitive, so one language is one `language` label value and one tag to Riva, whose
+/// model names use this case.
+fn canonical_language(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut in_extension = false;
+    for (i, sub) in code.split('-').enumerate() {
+        if i > 0 {
+            out.push('-');
+        }
+        let letters = sub.bytes().all(|b| b.is_ascii_alphabetic());
+        if i > 0 && sub.len() == 1 {
+            in_extension = true;
+        }
+        if i == 0 || in_extension || !letters {
+            out.push_str(&sub.to_ascii_lowercase());
+        } else if sub.len() == 2 {
+            out.push_str(&sub.to_ascii_uppercase());
+        } else if sub.len() == 4 {
+            out.push_str(&sub[..1].to_ascii_uppercase());
+            out.push_str(&sub[1..].to_ascii_lowercase());
+        } else {
+            out.push_str(&sub.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
 /// Longest client `session_id` accepted, in bytes: it is on every log line of its session.
 const MAX_SESSION_ID: usize = 128;
 
@@ -476,9 +506,9 @@ impl Session {
             )));
         }
         let language = if c.language_code.is_empty() {
-            cfg.asr_language.clone()
+            canonical_language(&cfg.asr_language)
         } else if plausible_language_code(&c.language_code) {
-            c.language_code
+            canonical_language(&c.language_code)
         } else {
             let shown: String = c
                 .language_code
@@ -779,13 +809,16 @@ impl Session {
             return Ok(());
         }
         let now = Instant::now();
+        // The utterance ends either way; an empty final (noise, silence) is no transcript, and
+        // its wait is not one in the ASR latency.
         let asr = self.utterance_start.take().map(|t| now - t);
-        if let Some(d) = asr {
-            self.ctx.handles.asr_latency.observe(d.as_secs_f64());
-        }
         let text = ev.text.trim().to_string();
         if text.is_empty() {
+            debug!("empty final transcript");
             return Ok(());
+        }
+        if let Some(d) = asr {
+            self.ctx.handles.asr_latency.observe(d.as_secs_f64());
         }
         info!(transcript = %text, asr_ms = asr.map(|d| d.as_secs_f64() * 1e3), "final transcript");
         self.send0(Content::TranscriptChunk(text.clone())).await?;
@@ -1245,6 +1278,24 @@ mod tests {
             &long,
         ] {
             assert!(!plausible_language_code(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn language_codes_take_their_conventional_case() {
+        for (given, canonical) in [
+            ("en-US", "en-US"),
+            ("en-us", "en-US"),
+            ("EN-US", "en-US"),
+            ("multi", "multi"),
+            ("ES-419", "es-419"),
+            ("zh-hans-cn", "zh-Hans-CN"),
+            ("SR-LATN", "sr-Latn"),
+            ("de-CH-1996", "de-CH-1996"),
+            ("en-US-u-CA-gregory", "en-US-u-ca-gregory"),
+            ("en-US-x-AB", "en-US-x-ab"),
+        ] {
+            assert_eq!(canonical_language(given), canonical, "{given}");
         }
     }
 

@@ -123,6 +123,45 @@ async fn spoken_turn_gives_seed_sequence_audio_and_metrics() -> anyhow::Result<(
     Ok(())
 }
 
+/// Audio that Riva finalises as an empty transcript (noise: here a WAV of silence with an
+/// empty sidecar transcript) starts no turn and is not an ASR latency observation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_final_transcript_is_no_turn_and_not_timed() -> anyhow::Result<()> {
+    let dir = test_support::processes::TempDir::new("gateway-e2e-empty-final");
+    let silence = vec![0u8; 32_000];
+    std::fs::write(
+        dir.join("noise.wav"),
+        voice_sim::codec::wav_file(16_000, &silence),
+    )?;
+    std::fs::write(dir.join("noise.txt"), "")?;
+    let sim = Sim::start(&[
+        "--profile",
+        "zero",
+        "--transcripts",
+        dir.0.to_str().unwrap(),
+    ])?;
+    let gw = Gateway::with_sim(&sim, &[])?;
+    let c = gw.open().await?;
+    c.send(msg::config(16_000, false)).await?;
+    for chunk in silence.chunks(3200) {
+        c.send(msg::audio(chunk)).await?;
+    }
+    let got = c.finish().await?;
+    assert_eq!(
+        tags(&got),
+        ["LISTENING", "END_OF_TURN"].map(String::from),
+        "{got:?}"
+    );
+    let m = gw.metrics()?;
+    let count = "voice_gateway_asr_latency_seconds_count{language=\"en-US\"}";
+    assert_eq!(m.value(count), 0.0, "{count}");
+    assert_eq!(
+        m.value("voice_gateway_requests_total{status=\"success\"}"),
+        0.0
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_turns_with_timings_and_bounded_history() -> anyhow::Result<()> {
     let sim = Sim::start(&["--profile", "zero"])?;
@@ -477,19 +516,29 @@ async fn invalid_arguments_and_resource_exhausted() -> anyhow::Result<()> {
         s.message().contains("session_id must be at most 128 bytes"),
         "{s:?}"
     );
+    // One text turn in a session of language `code`; the metrics after it.
+    let hello_in = async |code: &str| -> anyhow::Result<Metrics> {
+        let mut c = gw.open().await?;
+        c.send(with_language(code)).await?;
+        c.until(is_event(EventType::Listening)).await?;
+        c.send(msg::text("hello")).await?;
+        c.until(is_event(EventType::Listening)).await?;
+        c.finish().await?;
+        gw.metrics()
+    };
     // Empty: ASR_LANGUAGE.
-    let mut c = gw.open().await?;
-    c.send(with_language("")).await?;
-    c.until(is_event(EventType::Listening)).await?;
-    c.send(msg::text("hello")).await?;
-    c.until(is_event(EventType::Listening)).await?;
-    let m = gw.metrics()?;
+    let m = hello_in("").await?;
     assert!(
         !m.0.contains("xxxx"),
         "a rejected language_code made a series"
     );
-    assert!(m.value("voice_gateway_tts_characters_total_count{language=\"en-US\"}") > 0.0);
-    c.finish().await?;
+    let en_us = "voice_gateway_tts_characters_total_count{language=\"en-US\"}";
+    let before = m.value(en_us);
+    assert!(before > 0.0);
+    // Tags are case-insensitive: EN-us is en-US, one series.
+    let m = hello_in("EN-us").await?;
+    assert_eq!(m.value(en_us), 2.0 * before);
+    assert!(!m.0.contains("EN-us"), "a second series for en-US");
     let s = expect_status(
         &gw,
         vec![msg::config(16_000, false), msg::config(16_000, false)],
