@@ -46,6 +46,22 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// A rollout the Deployment controller has finished: all `desired` replicas on the current
+    /// template, `available` of them ready and available, no failure. (What the status tests,
+    /// the Argo CD health test and the status-write benchmark start from.)
+    pub fn settled(desired: i32, available: i32) -> Self {
+        Self {
+            desired,
+            ready: available,
+            total: desired,
+            updated: desired,
+            available,
+            observed: true,
+            deadline_exceeded: false,
+            failure: None,
+        }
+    }
+
     /// Reads a Deployment's status.
     pub fn of(d: &Deployment) -> Self {
         let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -139,6 +155,23 @@ pub struct Observed {
     pub dashboards_namespace: Option<String>,
     /// Services whose create is queued in the [`crate::service_lane::ServiceLane`]: not `Ready` yet.
     pub services_pending: Vec<String>,
+}
+
+impl Observed {
+    /// A clean pass of a pipeline with an external Riva: `gateway` as observed, monitoring and
+    /// the dashboard (in `dashboards_namespace`) applied, no error, no Service waiting.
+    pub fn clean(gateway: Rollout, dashboards_namespace: &str) -> Self {
+        Self {
+            gateway: Some(gateway),
+            riva: None,
+            monitoring: Outcome::Applied,
+            dashboards: Outcome::Applied,
+            error: None,
+            aux_error: None,
+            dashboards_namespace: Some(dashboards_namespace.into()),
+            services_pending: vec![],
+        }
+    }
 }
 
 fn cond(type_: &str, ok: bool, reason: &str, message: impl Into<String>) -> Condition {
@@ -430,27 +463,13 @@ mod tests {
     }
 
     fn ok(n: i32) -> Rollout {
-        Rollout {
-            desired: n,
-            ready: n,
-            total: n,
-            updated: n,
-            available: n,
-            observed: true,
-            ..Default::default()
-        }
+        Rollout::settled(n, n)
     }
 
     fn obs(gateway: Rollout, riva: Option<Rollout>) -> Observed {
         Observed {
-            gateway: Some(gateway),
             riva,
-            monitoring: Outcome::Applied,
-            dashboards: Outcome::Applied,
-            error: None,
-            aux_error: None,
-            services_pending: vec![],
-            dashboards_namespace: Some("voice".into()),
+            ..Observed::clean(gateway, "voice")
         }
     }
 

@@ -115,25 +115,10 @@ fn what_the_operator_writes_maps_to_the_expected_health() {
         k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).unwrap(),
     );
     let rollout = |available: i32, deadline_exceeded: bool| Rollout {
-        desired: 1,
-        ready: available,
-        total: 1,
-        updated: 1,
-        available,
-        observed: true,
         deadline_exceeded,
-        failure: None,
+        ..Rollout::settled(1, available)
     };
-    let observed = |gateway: Rollout| Observed {
-        gateway: Some(gateway),
-        riva: None,
-        monitoring: Outcome::Applied,
-        dashboards: Outcome::Applied,
-        error: None,
-        aux_error: None,
-        dashboards_namespace: Some("voice".into()),
-        services_pending: vec![],
-    };
+    let observed = |gateway: Rollout| Observed::clean(gateway, "voice");
     let error = |reason: &str, permanent: bool| PassError {
         reason: reason.into(),
         message: format!("{reason} (test)"),

@@ -19,7 +19,7 @@ use test_support::{Plane, PlaneOptions};
 use voice_operator::build::build;
 use voice_operator::model::validate;
 use voice_operator::monitoring_crds::{PrometheusRule, ServiceMonitor};
-use voice_operator::status::{self, Observed, Outcome, Rollout};
+use voice_operator::status::{self, Observed, Rollout};
 use voice_types::VoicePipeline;
 
 const NS: &str = "cost";
@@ -148,25 +148,7 @@ fn main() -> anyhow::Result<()> {
         let status_for = |name: &str, available: i32| {
             let vp = pipeline(name);
             let v = validate(&vp).expect("valid");
-            let obs = Observed {
-                gateway: Some(Rollout {
-                    desired: 1,
-                    ready: available,
-                    total: 1,
-                    updated: 1,
-                    available,
-                    observed: true,
-                    deadline_exceeded: false,
-                    failure: None,
-                }),
-                riva: None,
-                monitoring: Outcome::Applied,
-                dashboards: Outcome::Applied,
-                error: None,
-                aux_error: None,
-                dashboards_namespace: Some(NS.into()),
-                services_pending: vec![],
-            };
+            let obs = Observed::clean(Rollout::settled(1, available), NS);
             status::compute(&v, None, &obs, &now)
         };
         // A status apply as the operator sends it, with its first `conditions` conditions.
