@@ -134,17 +134,17 @@ fn event(t: EventType, message: &str) -> Content {
     })
 }
 
-/// Why an item did not reach a bounded queue.
+/// Why a message did not reach the outbound queue.
 #[derive(Debug, PartialEq, Eq)]
 enum Unsent {
-    /// The receiving side is gone (for the outbound queue: the client cancelled or disconnected).
+    /// The response stream is gone (the client cancelled or disconnected).
     Closed,
-    /// The queue stayed full for the whole stall timeout: its reader takes nothing.
+    /// The queue stayed full for the whole stall timeout: the client reads nothing.
     Stalled,
 }
 
-/// Queues `out` (for the client, or audio for Riva ASR), waiting at most `stall` for room.
-async fn enqueue<T>(tx: &mpsc::Sender<T>, out: T, stall: Duration) -> Result<(), Unsent> {
+/// Queues `out` for the client, waiting at most `stall` for room.
+async fn enqueue(tx: &mpsc::Sender<Out>, out: Out, stall: Duration) -> Result<(), Unsent> {
     // The common case, room in the queue, takes no timer.
     match tx.try_send(out) {
         Ok(()) => Ok(()),
@@ -268,6 +268,10 @@ enum Ev {
     Drain,
     Asr(Option<Result<AsrEvent, Status>>),
     AsrDeadline,
+    /// The audio chunk that waited for room went to Riva (or was dropped with its closed call).
+    AudioSent,
+    /// RIVA_TIMEOUT passed with no room for that chunk.
+    AudioStalled,
     Client(Result<Option<ClientMessage>, Status>),
 }
 
@@ -479,6 +483,9 @@ struct Session {
     current: Option<Running>,
     pending: VecDeque<Pending>,
     asr_audio: Option<mpsc::Sender<Bytes>>,
+    /// A client audio chunk waiting for room in the ASR audio queue, and when RIVA_TIMEOUT of
+    /// waiting ends. Meanwhile the client's stream is not read; everything else goes on.
+    audio_waiting: Option<(Bytes, Instant)>,
     asr_call: Option<AsrCall>,
     asr_deadline: Option<Instant>,
     utterance_start: Option<Instant>,
@@ -545,6 +552,7 @@ impl Session {
             current: None,
             pending: VecDeque::new(),
             asr_audio: None,
+            audio_waiting: None,
             asr_call: None,
             asr_deadline: None,
             utterance_start: None,
@@ -628,6 +636,12 @@ impl Session {
                 return Ok(());
             }
             let deadline = self.asr_deadline;
+            if self.asr_audio.is_none() {
+                self.audio_waiting = None; // its call is gone, or the session drains
+            }
+            let audio_deadline = self.audio_waiting.as_ref().map(|w| w.1);
+            let room = self.asr_audio.as_ref().filter(|_| audio_deadline.is_some());
+            let waiting = &mut self.audio_waiting;
             let running = self.current.as_mut().map(|r| &mut r.handle);
             let asr_call = self.asr_call.as_mut();
             let input_closed = self.input_closed;
@@ -639,7 +653,15 @@ impl Session {
                 ev = async { asr_call.expect("guarded").events.recv().await }, if asr_open => Ev::Asr(ev),
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
                     if deadline.is_some() && asr_open => Ev::AsrDeadline,
-                m = inbound.message(), if !input_closed => Ev::Client(m),
+                _ = async {
+                    let permit = room.expect("guarded").reserve().await;
+                    if let (Ok(p), Some((chunk, _))) = (permit, waiting.take()) {
+                        p.send(chunk);
+                    }
+                }, if room.is_some() => Ev::AudioSent,
+                _ = tokio::time::sleep_until(audio_deadline.unwrap_or_else(Instant::now)),
+                    if room.is_some() => Ev::AudioStalled,
+                m = inbound.message(), if !input_closed && room.is_none() => Ev::Client(m),
             };
             match ev {
                 Ev::Turn(r) => self.turn_done(r).await?,
@@ -651,6 +673,15 @@ impl Session {
                 }
                 Ev::Asr(ev) => self.on_asr(ev).await?,
                 Ev::AsrDeadline => self.asr_timed_out()?,
+                Ev::AudioSent => self.audio_waiting = None,
+                Ev::AudioStalled => {
+                    let secs = self.ctx.shared.config.riva_timeout;
+                    return Err(End::Failed(TurnError::backend(
+                        Stage::Asr,
+                        "timeout",
+                        format!("Riva ASR took no audio for RIVA_TIMEOUT={secs} s"),
+                    )));
+                }
                 Ev::Client(m) => self.on_client(m).await?,
             }
         }
@@ -691,21 +722,20 @@ impl Session {
                 let Some(a) = &self.asr_audio else {
                     return Ok(());
                 };
-                // Bounded: a slow ASR slows the reading of this client, nothing piles up. One that
-                // takes no audio for RIVA_TIMEOUT has stalled (a hung server stops reading once
-                // its HTTP/2 window is full): without this wait's end the session would stop.
-                let cfg = &self.ctx.shared.config;
-                match enqueue(a, audio, cfg.riva_timeout()).await {
-                    Ok(()) | Err(Unsent::Closed) => Ok(()), // closed: its reader reports why
-                    Err(Unsent::Stalled) => Err(End::Failed(TurnError::backend(
-                        Stage::Asr,
-                        "timeout",
-                        format!(
-                            "Riva ASR took no audio for RIVA_TIMEOUT={} s",
-                            cfg.riva_timeout
-                        ),
-                    ))),
+                // Bounded: with the queue full the chunk waits, and the client's stream is not
+                // read until it has gone, so a slow ASR slows the reading of this client and
+                // nothing piles up. One that takes no audio for RIVA_TIMEOUT has stalled (a hung
+                // server stops reading once its HTTP/2 window is full). Turns, transcripts and
+                // drain go on while a chunk waits.
+                match a.try_send(audio) {
+                    // Closed: the call has ended, and its reader reports why.
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(mpsc::error::TrySendError::Full(audio)) => {
+                        let until = Instant::now() + self.ctx.shared.config.riva_timeout();
+                        self.audio_waiting = Some((audio, until));
+                    }
                 }
+                Ok(())
             }
             Some(C::TextInput(text)) => {
                 if text.trim().is_empty() {

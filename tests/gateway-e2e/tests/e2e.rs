@@ -806,6 +806,20 @@ async fn a_stalled_asr_is_a_timeout_error_after_the_end_of_audio() -> anyhow::Re
     )
 }
 
+/// A live microphone on `c`: 100 ms chunks of silence, 200 s of them, more than every window
+/// and queue on the way holds, sent as fast as they are taken; the client never half-closes.
+fn live_microphone(c: &Conversation) -> tokio::task::JoinHandle<()> {
+    let tx = c.tx.clone();
+    tokio::spawn(async move {
+        let chunk = msg::audio(&[0u8; 3200]);
+        for _ in 0..2_000 {
+            if tx.send(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
 /// A Riva ASR that stops reading audio mid-utterance (a hung server: once its HTTP/2 window is
 /// full the gateway can hand it nothing more) while the client keeps streaming: after
 /// RIVA_TIMEOUT without room for a chunk, an ERROR event naming the ASR timeout, its counters,
@@ -817,17 +831,7 @@ async fn an_asr_that_stops_reading_audio_is_a_timeout_error_mid_stream() -> anyh
     let mut bystander = gw.listening().await?;
 
     let mut c = gw.listening().await?;
-    // A live microphone: 100 ms chunks, more than every window and queue on the way holds,
-    // and the client never half-closes.
-    let tx = c.tx.clone();
-    let mic = tokio::spawn(async move {
-        let chunk = msg::audio(&[0u8; 3200]);
-        for _ in 0..2_000 {
-            if tx.send(chunk.clone()).await.is_err() {
-                break;
-            }
-        }
-    });
+    let mic = live_microphone(&c);
     let got = c.until(is_event(EventType::Error)).await?;
     let Some(Got::Event(_, m)) = got.last() else {
         unreachable!()
@@ -850,6 +854,43 @@ async fn an_asr_that_stops_reading_audio_is_a_timeout_error_mid_stream() -> anyh
     bystander.send(msg::text("still there?")).await?;
     let after = bystander.until(is_event(EventType::Listening)).await?;
     assert!(llm_text(&after).starts_with("You said: still there. "));
+    Ok(())
+}
+
+/// While Riva ASR takes no audio, the session still serves its turn: a text turn sent before the
+/// audio reaches its LISTENING, and only RIVA_TIMEOUT after the audio stopped going through does
+/// the ASR timeout end the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_finishes_while_the_asr_takes_no_audio() -> anyhow::Result<()> {
+    // The reply's first token comes 500 ms after the request: the audio is stuck by then.
+    let sim = Sim::start(&[
+        "--profile",
+        "zero",
+        "--asr-stall-rate",
+        "1",
+        "--llm-ttft-ms",
+        "500",
+    ])?;
+    let gw = Gateway::with_sim(&sim, &[("RIVA_TIMEOUT", "3")])?;
+    let mut c = gw.listening().await?;
+    c.send(msg::text("hello")).await?;
+    let mic = live_microphone(&c);
+    let got = c.until(is_event(EventType::Error)).await?;
+    mic.abort();
+    assert_eq!(
+        tags(&got),
+        [
+            "PROCESSING",
+            "llm",
+            "SPEAKING",
+            "audio",
+            "LISTENING",
+            "ERROR"
+        ]
+        .map(String::from),
+        "{:?}",
+        got.last()
+    );
     Ok(())
 }
 
