@@ -272,6 +272,8 @@ enum Ev {
     AudioSent,
     /// RIVA_TIMEOUT passed with no room for that chunk.
     AudioStalled,
+    /// The response stream is gone while the client's stream was not being read.
+    ClientGone,
     Client(Result<Option<ClientMessage>, Status>),
 }
 
@@ -642,6 +644,7 @@ impl Session {
             let audio_deadline = self.audio_waiting.as_ref().map(|w| w.1);
             let room = self.asr_audio.as_ref().filter(|_| audio_deadline.is_some());
             let waiting = &mut self.audio_waiting;
+            let out = &self.tx;
             let running = self.current.as_mut().map(|r| &mut r.handle);
             let asr_call = self.asr_call.as_mut();
             let input_closed = self.input_closed;
@@ -661,6 +664,7 @@ impl Session {
                 }, if room.is_some() => Ev::AudioSent,
                 _ = tokio::time::sleep_until(audio_deadline.unwrap_or_else(Instant::now)),
                     if room.is_some() => Ev::AudioStalled,
+                _ = out.closed(), if room.is_some() => Ev::ClientGone,
                 m = inbound.message(), if !input_closed && room.is_none() => Ev::Client(m),
             };
             match ev {
@@ -682,6 +686,7 @@ impl Session {
                         format!("Riva ASR took no audio for RIVA_TIMEOUT={secs} s"),
                     )));
                 }
+                Ev::ClientGone => return Err(End::Quiet),
                 Ev::Client(m) => self.on_client(m).await?,
             }
         }

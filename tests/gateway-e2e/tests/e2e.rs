@@ -857,6 +857,46 @@ async fn an_asr_that_stops_reading_audio_is_a_timeout_error_mid_stream() -> anyh
     Ok(())
 }
 
+/// A client that goes away (its process killed, so its connection closes) while its audio waits
+/// for a stalled ASR frees its slot at once, with no ASR timeout counted against Riva.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_the_asr_takes_no_audio_frees_its_slot() -> anyhow::Result<()> {
+    let sim = Sim::start(&["--profile", "zero", "--asr-stall-rate", "1"])?;
+    let gw = Gateway::with_sim(&sim, &[("RIVA_TIMEOUT", "60")])?;
+    let dir = test_support::processes::TempDir::new("gateway-e2e-gone");
+    let wav = dir.join("long.wav");
+    // 200 s of silence, sent at once: more than every window and queue on the way holds.
+    std::fs::write(
+        &wav,
+        voice_sim::codec::wav_file(16_000, &vec![0u8; 6_400_000]),
+    )?;
+    let mut client = Proc(
+        std::process::Command::new(client_bin())
+            .args(["--target", &format!("127.0.0.1:{}", gw.grpc_port)])
+            .arg("--wav")
+            .arg(&wav)
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    poll(Duration::from_secs(10), "the client's stream open", || {
+        let m = gw.metrics().ok()?;
+        (m.value("voice_gateway_active_streams") == 1.0).then_some(())
+    })?;
+    // The windows and queues on the way fill within milliseconds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    anyhow::ensure!(client.0.try_wait()?.is_none(), "the client ended by itself");
+    client.0.kill()?;
+    let m = poll(Duration::from_secs(10), "the slot freed", || {
+        let m = gw.metrics().ok()?;
+        (m.value("voice_gateway_active_streams") == 0.0).then_some(m)
+    })?;
+    assert_eq!(
+        m.value("voice_gateway_asr_errors_total{error_type=\"timeout\"}"),
+        0.0
+    );
+    Ok(())
+}
+
 /// While Riva ASR takes no audio, the session still serves its turn: a text turn sent before the
 /// audio reaches its LISTENING, and only RIVA_TIMEOUT after the audio stopped going through does
 /// the ASR timeout end the stream.
