@@ -480,7 +480,8 @@ struct Session {
     sample_rate: i32,
     history: VecDeque<ChatMessage>,
     next_turn: u64,
-    /// The last turn that ran to its end (0: none yet).
+    /// The last turn that ran to its end, while a barge-in may still drop its queued rest (0: none,
+    /// or a barge-in has already dropped it).
     finished_turn: u64,
     current: Option<Running>,
     pending: VecDeque<Pending>,
@@ -978,8 +979,9 @@ impl Session {
             return self.drop_queued_reply().await;
         };
         r.handle.abort();
-        // Everything this turn queued for the client is dropped from here on.
+        // Everything this turn (and any before it) queued for the client is dropped from here on.
         self.ctl.floor.store(r.id + 1, Ordering::Release);
+        self.finished_turn = 0;
         // A barged-in turn counts as a success: no backend failed, the gateway stopped as asked.
         // (requests_total has only success/error; the seed's dashboards divide error by total.)
         let m = &self.ctx.shared.metrics;
@@ -1007,6 +1009,7 @@ impl Session {
             return Ok(());
         }
         self.ctl.floor.store(turn + 1, Ordering::Release);
+        self.finished_turn = 0;
         self.ctx.shared.metrics.barge_ins.inc();
         info!(
             turn,

@@ -340,6 +340,8 @@ async fn barge_in_after_the_reply_finished_drops_its_queued_rest() -> anyhow::Re
     let heard = audio(&got).len();
     let whole = voice_sim::codec::encode_speech(reply, 16_000).len();
     assert!(heard > 0 && heard < whole, "{heard} of {whole} bytes");
+    // A second barge-in has nothing left to drop: no second "Interrupted" (checked below).
+    c.send(msg::barge_in()).await?;
 
     // The next turn is whole, and its history has the finished exchange.
     c.send(msg::text("short [count]")).await?;
