@@ -92,6 +92,15 @@ impl Gateway {
         Ok(c)
     }
 
+    /// A whole spoken conversation: opens a stream, sends the config (16 kHz, no timings), says
+    /// `text`, half-closes, and reads the stream to its end.
+    pub async fn speak_and_close(&self, text: &str) -> anyhow::Result<Vec<Got>> {
+        let c = self.open().await?;
+        c.send(msg::config(16_000, false)).await?;
+        c.speak(text).await?;
+        Ok(c.finish().await?)
+    }
+
     /// Opens a stream on a connection of its own whose HTTP/2 windows (stream and connection)
     /// are `window` bytes: once the client has that much unread, the gateway can send no more.
     pub async fn open_with_window(&self, window: u32) -> anyhow::Result<Conversation> {
@@ -265,6 +274,14 @@ impl Got {
 }
 
 impl Conversation {
+    /// Sends `text` as the simulator's speech, in 100 ms audio chunks.
+    pub async fn speak(&self, text: &str) -> anyhow::Result<()> {
+        for chunk in speech_chunks(text) {
+            self.send(msg::audio(&chunk)).await?;
+        }
+        Ok(())
+    }
+
     /// Sends a message.
     pub async fn send(&self, m: ClientMessage) -> anyhow::Result<()> {
         self.tx

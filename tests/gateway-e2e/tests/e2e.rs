@@ -17,13 +17,8 @@ fn is_event(t: EventType) -> impl Fn(&Got) -> bool {
 async fn spoken_turn_gives_seed_sequence_audio_and_metrics() -> anyhow::Result<()> {
     let sim = Sim::start(&["--profile", "zero"])?;
     let gw = Gateway::with_sim(&sim, &[])?;
-    let c = gw.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    for chunk in speech_chunks("what is the weather") {
-        c.send(msg::audio(&chunk)).await?;
-    }
     // Half-close: the gateway finishes the turn, then END_OF_TURN.
-    let got = c.finish().await?;
+    let got = gw.speak_and_close("what is the weather").await?;
     // The LLM keeps streaming while the first sentence is spoken (pipelining), so under load
     // its last chunks may come after SPEAKING, between audio chunks: those are left out here
     // (the full text is checked below).
@@ -234,9 +229,7 @@ async fn spoken_and_text_turns_share_one_stream() -> anyhow::Result<()> {
     let gw = Gateway::with_sim(&sim, &[])?;
     let mut c = gw.listening().await?;
     for (i, words) in ["first question", "second question"].iter().enumerate() {
-        for chunk in speech_chunks(words) {
-            c.send(msg::audio(&chunk)).await?;
-        }
+        c.speak(words).await?;
         let got = c.until(is_event(EventType::Listening)).await?;
         assert_eq!(
             llm_text(&got),
@@ -586,9 +579,7 @@ async fn log_lines_carry_the_client_session_id() -> anyhow::Result<()> {
         // A spoken turn that works, then a text turn whose LLM fails.
         let mut c = gw.open().await?;
         c.send(msg::session(&id, 16_000, "en-US")).await?;
-        for chunk in speech_chunks("log this") {
-            c.send(msg::audio(&chunk)).await?;
-        }
+        c.speak("log this").await?;
         c.until(is_event(EventType::Listening)).await?;
         c.until(is_event(EventType::Listening)).await?;
         c.send(msg::text("x [llm-error]")).await?;
@@ -782,14 +773,9 @@ async fn a_stalled_asr_is_a_timeout_error_after_the_end_of_audio() -> anyhow::Re
     // Every call to this simulator stalls: its ASR reads the audio and never answers.
     let sim = Sim::start(&["--profile", "zero", "--stall-rate", "1"])?;
     let gw = Gateway::with_sim(&sim, &[("RIVA_TIMEOUT", "1")])?;
-    let c = gw.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    for chunk in speech_chunks("is anyone listening") {
-        c.send(msg::audio(&chunk)).await?;
-    }
     // Half-close: RIVA_TIMEOUT later the speech still has no transcript.
-    let got = c
-        .finish()
+    let got = gw
+        .speak_and_close("is anyone listening")
         .await
         .expect("the stream ends cleanly after an ERROR event");
     match got.last() {
@@ -984,12 +970,7 @@ async fn llm_api_key_and_riva_metadata_reach_the_backends() -> anyhow::Result<()
         &sim,
         &[("LLM_API_KEY", "sk-e2e"), ("RIVA_METADATA", metadata)],
     )?;
-    let c = good.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    for chunk in speech_chunks("are you there") {
-        c.send(msg::audio(&chunk)).await?;
-    }
-    let got = c.finish().await?;
+    let got = good.speak_and_close("are you there").await?;
     assert!(
         llm_text(&got).starts_with("You said: are you there. "),
         "{got:?}"

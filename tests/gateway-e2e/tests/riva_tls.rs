@@ -76,12 +76,7 @@ async fn riva_ssl_cert_trusts_a_private_ca() -> anyhow::Result<()> {
     let (dir, sim) = tls_sim()?;
     let ca = dir.join("ca.pem");
     let gw = Gateway::with_sim(&sim, &[("RIVA_SSL_CERT", ca.to_str().unwrap())])?;
-    let c = gw.open().await?;
-    c.send(msg::config(16_000, false)).await?;
-    for chunk in speech_chunks("are you there") {
-        c.send(msg::audio(&chunk)).await?;
-    }
-    let got = c.finish().await?;
+    let got = gw.speak_and_close("are you there").await?;
     assert!(
         got.contains(&Got::Transcript("are you there".into())),
         "{got:?}"
