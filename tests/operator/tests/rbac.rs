@@ -211,7 +211,7 @@ async fn a_status_write_the_api_server_refuses_is_an_event() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            out.status.success() || stderr.contains("AlreadyExists"),
+            out.status.success() || stderr.contains("already exists"),
             "{args:?}: {stderr}"
         );
     }
