@@ -46,8 +46,9 @@ use crate::model::{
     validate,
 };
 use crate::monitoring_crds::{PrometheusRule, ServiceMonitor};
+use crate::pods::{self, PodProblems};
 use crate::service_lane::{ApplyService, LaneOutcome, PipelineRef, SERVICE_CREATES, ServiceLane};
-use crate::status::{self, Observed, Outcome, PassError, Rollout};
+use crate::status::{self, Observed, Outcome, PassError, Rollout, truncate};
 
 /// How the operator runs.
 #[derive(Clone, Debug)]
@@ -143,6 +144,8 @@ pub struct Context {
     pub stores: Stores,
     /// Which monitoring kinds are served.
     pub monitoring: Arc<MonitoringKinds>,
+    /// Why the gateway's and Riva's pods do not start, where they do not.
+    pub pod_problems: Arc<PodProblems>,
     /// Consecutive failed passes per pipeline, for the retries' backoff.
     backoff: Arc<Backoff>,
     /// The status last written per pipeline (uid), and when: the watch cache can lag behind
@@ -243,17 +246,6 @@ async fn reconcile(
         .after(&ObjectRef::from_obj(guard.as_ref()), result?))
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.into();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
 async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, ReconcileError> {
     let ns = vp.namespace().unwrap_or_default();
     let api: Api<VoicePipeline> = Api::namespaced(ctx.client.clone(), &ns);
@@ -278,6 +270,14 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, R
     // build (pure), then apply
     let children = build(&v);
     let mut observed = apply_children(&v, children, ctx).await;
+    for (rollout, component) in [
+        (&mut observed.gateway, Component::Gateway),
+        (&mut observed.riva, Component::Riva),
+    ] {
+        if let Some(r) = rollout {
+            r.pod_problem = ctx.pod_problems.first(&ns, &v.name, component);
+        }
+    }
 
     // A dashboard that moved or was switched off: remove the old one.
     if let Some(old_ns) = &foreign_before
@@ -1159,6 +1159,8 @@ pub async fn run_on(
             dashboards: dashboard_stores.clone(),
         };
         let backoff = Arc::new(Backoff::default());
+        let pod_problems = Arc::new(PodProblems::default());
+        let pod_stream = pods::watch(&client, ns, pod_problems.clone());
         let ctx = Arc::new(Context {
             client: client.clone(),
             recorder: recorder.clone(),
@@ -1167,6 +1169,7 @@ pub async fn run_on(
             service_lane: service_lane.clone(),
             stores: stores.clone(),
             monitoring: kinds.clone(),
+            pod_problems,
             backoff: backoff.clone(),
             written: Default::default(),
             events: Default::default(),
@@ -1200,6 +1203,7 @@ pub async fn run_on(
             .watches_stream(dash_stream, |o| owner_of(&o))
             .reconcile_all_on(all_stream)
             .reconcile_on(service_retries)
+            .reconcile_on(pod_stream)
             .graceful_shutdown_on(wait_stop(stop_rx.clone()));
         let store = controller.store();
         // Ready once the pipeline watch and the core child caches have listed once.

@@ -10,6 +10,8 @@
 //!                    │ apply     apply::Applier         (SSA, force, field manager voice-operator/<scope>)
 //!                    │           service_lane::ServiceLane: new Services, a few at a time, off the pass
 //!                    │           + delete the children a switched-off component no longer has
+//!                    │ observe   pods::PodProblems: why a gateway or Riva pod does not start
+//!                    │           (a read-only pod watch; only the problems are kept)
 //!                    └ status    status::compute        (pure)  → written only when it changed
 //!                  ─► backoff::Backoff: a failed pass runs again after 1 s, 2 s, 4 s, … 5 min
 //! ```
@@ -27,6 +29,7 @@ pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod monitoring_crds;
+pub mod pods;
 pub mod render;
 pub mod service_lane;
 pub mod status;

@@ -21,6 +21,7 @@ use voice_types::{
 };
 
 use crate::model::Validated;
+use crate::pods::PodProblem;
 
 /// Rollout state of a Deployment as read from its status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,6 +44,8 @@ pub struct Rollout {
     pub deadline_exceeded: bool,
     /// Message of the failing condition, if any.
     pub failure: Option<String>,
+    /// Why a pod of this Deployment does not start, if one does not ([`crate::pods`]).
+    pub pod_problem: Option<PodProblem>,
 }
 
 impl Rollout {
@@ -59,6 +62,7 @@ impl Rollout {
             observed: true,
             deadline_exceeded: false,
             failure: None,
+            pod_problem: None,
         }
     }
 
@@ -97,6 +101,7 @@ impl Rollout {
             observed,
             deadline_exceeded,
             failure,
+            pod_problem: None,
         }
     }
 
@@ -204,24 +209,34 @@ fn rollout_condition(type_: &str, what: &str, r: Option<&Rollout>) -> Condition 
             false,
             "ProgressDeadlineExceeded",
             format!(
-                "the {what} rollout stopped progressing: {}. Check `kubectl describe deployment` and the pods' events",
+                "the {what} rollout stopped progressing: {}{}",
                 r.failure
                     .as_deref()
-                    .unwrap_or("pods do not become available")
+                    .map_or("pods do not become available", |f| f.trim_end_matches('.')),
+                match &r.pod_problem {
+                    Some(p) => format!("; {}", p.message),
+                    None => ". Check `kubectl describe deployment` and the pods' events".into(),
+                }
             ),
         ),
         Some(r) => cond(
             type_,
             false,
-            "RollingOut",
+            r.pod_problem
+                .as_ref()
+                .map_or("RollingOut", |p| p.reason.as_str()),
             format!(
-                "{}/{} {what} pods available, {} updated{}",
+                "{}/{} {what} pods available, {} updated{}{}",
                 r.available,
                 r.desired,
                 r.updated,
                 r.failure
                     .as_deref()
                     .map(|f| format!("; {f}"))
+                    .unwrap_or_default(),
+                r.pod_problem
+                    .as_ref()
+                    .map(|p| format!("; {}", p.message))
                     .unwrap_or_default()
             ),
         ),
@@ -247,6 +262,19 @@ fn outcome_condition(type_: &str, what: &str, o: &Outcome) -> Condition {
         ),
         Outcome::Failed(msg) => cond(type_, false, "ApplyFailed", format!("{what}: {msg}")),
     }
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), with "…" when cut: for
+/// messages that come from elsewhere (the API server, the scheduler, a container's output).
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.into();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 /// Computes the new status. `now` stamps conditions whose `status` changed.
@@ -333,7 +361,10 @@ pub fn compute(
             ),
         )
     } else {
-        let c = if gateway.status == "False" {
+        // The gateway's, unless Riva's says more than "rolling out" (a pod that cannot start).
+        let c = if gateway.status == "False"
+            && (gateway.reason != "RollingOut" || riva.status == "True")
+        {
             &gateway
         } else {
             &riva
@@ -515,6 +546,55 @@ mod tests {
         assert_eq!(get(&s, "Reconciling").status, "True");
         assert_eq!(get(&s, "Reconciling").reason, "RollingOut");
         assert_eq!(get(&s, "Stalled").status, "False");
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_names_its_cause_in_the_condition_and_ready() {
+        let v = validate(&testdata::managed()).unwrap();
+        let mut riva = ok(1);
+        riva.available = 0;
+        riva.ready = 0;
+        riva.pod_problem = Some(PodProblem {
+            reason: "Unschedulable".into(),
+            message: "pod demo-riva-x cannot be scheduled: 0/3 nodes are available".into(),
+        });
+        let mut gateway = ok(2);
+        gateway.available = 1;
+        let s = compute(&v, None, &obs(gateway, Some(riva.clone())), &t(1));
+        assert_eq!(get(&s, "GatewayAvailable").reason, "RollingOut");
+        let r = get(&s, "RivaAvailable");
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "Unschedulable")
+        );
+        assert_eq!(
+            r.message,
+            "0/1 Riva pods available, 1 updated; pod demo-riva-x cannot be scheduled: 0/3 nodes are available"
+        );
+        assert_eq!(get(&s, "Ready").reason, "Unschedulable");
+        assert_eq!(get(&s, "Ready").message, r.message);
+        assert_eq!(
+            get(&s, "Reconciling").status,
+            "True",
+            "a GPU node may yet join"
+        );
+        assert_eq!(get(&s, "Stalled").status, "False");
+
+        // Past the deadline: stalled, the pod's cause in place of the generic hint.
+        riva.deadline_exceeded = true;
+        riva.failure = Some("ReplicaSet \"demo-riva-1\" has timed out progressing.".into());
+        let s = compute(&v, None, &obs(ok(2), Some(riva.clone())), &t(1));
+        assert_eq!(get(&s, "Stalled").reason, "ProgressDeadlineExceeded");
+        assert_eq!(
+            get(&s, "Stalled").message,
+            "the Riva rollout stopped progressing: ReplicaSet \"demo-riva-1\" has timed out progressing; pod demo-riva-x cannot be scheduled: 0/3 nodes are available"
+        );
+
+        // A complete rollout is available whatever a stray pod says.
+        let mut done = ok(1);
+        done.pod_problem = riva.pod_problem.clone();
+        let s = compute(&v, None, &obs(ok(2), Some(done)), &t(1));
+        assert_eq!(get(&s, "RivaAvailable").reason, "Available");
     }
 
     #[test]

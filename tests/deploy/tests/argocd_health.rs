@@ -131,6 +131,23 @@ fn what_the_operator_writes_maps_to_the_expected_health() {
         status_of(&observed(rollout(0, false))),
         "Progressing",
     ));
+    let crashing = |deadline_exceeded: bool| Rollout {
+        pod_problem: Some(voice_operator::pods::PodProblem {
+            reason: "CrashLoopBackOff".into(),
+            message: "pod demo-gateway-x: container gateway keeps exiting".into(),
+        }),
+        ..rollout(0, deadline_exceeded)
+    };
+    cases.push((
+        "a pod in a crash loop",
+        status_of(&observed(crashing(false))),
+        "Progressing",
+    ));
+    cases.push((
+        "a pod in a crash loop, past the deadline",
+        status_of(&observed(crashing(true))),
+        "Degraded",
+    ));
     let mut o = observed(rollout(1, false));
     o.services_pending = vec!["demo-gateway".into()];
     cases.push(("creating its Service", status_of(&o), "Progressing"));

@@ -246,6 +246,20 @@ pub async fn wait_ready(api: &Api<VoicePipeline>, name: &str, timeout: Duration)
     .await
 }
 
+/// Waits until `name`'s condition `type_` has reason `reason`, and returns the pipeline.
+pub async fn wait_reason(
+    api: &Api<VoicePipeline>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+    timeout: Duration,
+) -> VoicePipeline {
+    wait_for(api, name, timeout, &format!("{type_}={reason}"), |vp| {
+        condition(vp, type_).is_some_and(|c| c.1 == reason)
+    })
+    .await
+}
+
 /// What a person would look at when a pipeline does not become Ready: each Deployment's
 /// status, each pod's phase, node and conditions, and the namespace's Events, oldest first.
 pub async fn namespace_scene(client: Client, ns: &str) -> String {

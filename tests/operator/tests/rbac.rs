@@ -1,6 +1,7 @@
 //! The operator runs with exactly the RBAC of `deploy/` (a ServiceAccount token), and it is
-//! enough: every child kind is created, patched and deleted, the finalizer works, Events are
-//! published, and two replicas share the work through the leader Lease.
+//! enough: every child kind is created, patched and deleted, pods are read for the status, the
+//! finalizer works, Events are published, and two replicas share the work through the leader
+//! Lease.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use operator_tests::{
     Operator, apply_ok, bind_volume, condition, ensure_namespace, example, plane, wait_for,
-    wait_ready,
+    wait_ready, wait_reason,
 };
 use serde_json::json;
 use test_support::{eventually, repo_root};
@@ -89,6 +90,25 @@ async fn deploy_rbac_is_enough_and_two_replicas_share_a_lease() {
     assert_eq!(b.admin_get("/readyz").await.0, 200);
     let leading = a.metric("voice_operator_leader").await + b.metric("voice_operator_leader").await;
     assert_eq!(leading, 1.0, "exactly one leader");
+
+    // Pods, read-only: a Riva pod no node can hold is reported with the scheduler's reason.
+    let riva_gpus = |n: i32| json!({"spec": {"riva": {"managed": {"gpu": {"count": n}}}}});
+    api.patch(
+        "voice",
+        &PatchParams::default(),
+        &Patch::Merge(&riva_gpus(9)),
+    )
+    .await
+    .unwrap();
+    wait_reason(&api, "voice", "RivaAvailable", "Unschedulable", TIMEOUT).await;
+    api.patch(
+        "voice",
+        &PatchParams::default(),
+        &Patch::Merge(&riva_gpus(1)),
+    )
+    .await
+    .unwrap();
+    wait_ready(&api, "voice", TIMEOUT).await;
 
     // Delete verbs: a switched-off PrometheusRule goes.
     let off = json!({"spec": {"observability": {"prometheusRule": {"enabled": false}}}});
