@@ -42,8 +42,7 @@ use crate::build::{Children, build};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::model::{
-    Component, DASHBOARD_FINALIZER, LABEL_PIPELINE_NAMESPACE, OPERATOR, ValidateError, Validated,
-    validate,
+    Component, DASHBOARD_FINALIZER, OPERATOR, ValidateError, Validated, owner_of, validate,
 };
 use crate::monitoring_crds::{PrometheusRule, ServiceMonitor};
 use crate::pods::{self, PodProblems};
@@ -951,20 +950,6 @@ async fn route_dashboards(
             let _ = tx.send(cm);
         }
     }
-}
-
-/// The pipeline a child belongs to, from the operator's labels.
-fn owner_of<K: Resource>(o: &K) -> Option<ObjectRef<DeserializeGuard<VoicePipeline>>> {
-    let l = o.labels();
-    if l.get("app.kubernetes.io/managed-by").map(String::as_str) != Some(OPERATOR) {
-        return None;
-    }
-    let name = l.get("app.kubernetes.io/instance")?;
-    let ns = l
-        .get(LABEL_PIPELINE_NAMESPACE)
-        .cloned()
-        .or_else(|| o.namespace())?;
-    Some(ObjectRef::new(name).within(&ns))
 }
 
 // === discovery of the monitoring CRDs ===

@@ -8,6 +8,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::core::DeserializeGuard;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use voice_types::{MAX_NAME_LEN, VoicePipeline, VoicePipelineSpec};
 
@@ -267,6 +269,20 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
         _ => return None,
     };
     Some(n * mul)
+}
+
+/// The pipeline a child belongs to, from the operator's labels.
+pub fn owner_of<K: Resource>(o: &K) -> Option<ObjectRef<DeserializeGuard<VoicePipeline>>> {
+    let l = o.labels();
+    if l.get("app.kubernetes.io/managed-by").map(String::as_str) != Some(OPERATOR) {
+        return None;
+    }
+    let name = l.get("app.kubernetes.io/instance")?;
+    let ns = l
+        .get(LABEL_PIPELINE_NAMESPACE)
+        .cloned()
+        .or_else(|| o.namespace())?;
+    Some(ObjectRef::new(name).within(&ns))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
 use voice_types::VoicePipeline;
 
-use crate::model::{Component, OPERATOR};
+use crate::model::{Component, OPERATOR, owner_of};
 use crate::status::truncate;
 
 /// Longest message kept of a problem (the scheduler's can list every node).
@@ -138,24 +138,20 @@ fn condition_reason(reason: &str) -> String {
     }
 }
 
-/// The pipeline (namespace, name) and component a pod belongs to, from its labels.
-type Owner = (String, String, &'static str);
+/// The pipeline and component a pod belongs to, from its labels.
+type Owner = (Changed, &'static str);
 
 fn owner(pod: &Pod) -> Option<Owner> {
-    let l = pod.labels();
-    if l.get("app.kubernetes.io/managed-by").map(String::as_str) != Some(OPERATOR) {
-        return None;
-    }
-    let component = match l.get("app.kubernetes.io/component").map(String::as_str) {
+    let component = match pod
+        .labels()
+        .get("app.kubernetes.io/component")
+        .map(String::as_str)
+    {
         Some("gateway") => Component::Gateway.as_str(),
         Some("riva") => Component::Riva.as_str(),
         _ => return None,
     };
-    Some((
-        pod.namespace()?,
-        l.get("app.kubernetes.io/instance")?.clone(),
-        component,
-    ))
+    Some((owner_of(pod)?, component))
 }
 
 /// The problems of the operator's pods in one watch scope, by pipeline and component, then
@@ -175,16 +171,12 @@ struct Inner {
 /// A pipeline whose pods' problems changed.
 pub type Changed = ObjectRef<DeserializeGuard<VoicePipeline>>;
 
-fn pipeline_ref((ns, name, _): &Owner) -> Changed {
-    ObjectRef::new(name).within(ns)
-}
-
 impl PodProblems {
     /// The first problem (by pod name) of `component`'s pods of pipeline `namespace/name`,
     /// saying how many more pods have one.
     pub fn first(&self, namespace: &str, name: &str, component: Component) -> Option<PodProblem> {
         let inner = self.inner.lock().expect("not poisoned");
-        let key = (namespace.to_string(), name.to_string(), component.as_str());
+        let key = (ObjectRef::new(name).within(namespace), component.as_str());
         let pods = inner.by_owner.get(&key)?;
         let (_, first) = pods.iter().next()?;
         let mut p = first.clone();
@@ -261,7 +253,7 @@ impl Inner {
                 removed
             }
         };
-        changed.then(|| pipeline_ref(&o))
+        changed.then_some(o.0)
     }
 }
 
