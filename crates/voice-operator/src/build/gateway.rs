@@ -32,6 +32,8 @@ pub const RIVA_CA_DIR: &str = "/etc/voice-gateway/riva-ca";
 const RIVA_CA_FILE: &str = "ca.crt";
 /// UID/GID the gateway runs as (distroless "nonroot").
 const NON_ROOT: i64 = 65532;
+/// The gateway's readiness endpoint on its metrics port: 200 only while its backends answer.
+const READINESS_PATH: &str = "/readyz";
 
 /// The gateway's runtime configuration, under the environment names of the seed's gateway
 /// (`envFrom` in the Deployment), so the seed's gateway image runs unchanged.
@@ -170,10 +172,12 @@ pub fn build_gateway_deployment(v: &Validated, config_hash: &str) -> Deployment 
             ..Default::default()
         });
     }
-    let grpc_probe = |period, failures| Probe {
-        grpc: Some(GRPCAction {
-            port: g.grpc_port,
-            service: None,
+    let http_probe = |path: &str, period, failures| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
         }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
@@ -207,21 +211,25 @@ pub fn build_gateway_deployment(v: &Validated, config_hash: &str) -> Deployment 
         }]),
         env: (!env.is_empty()).then_some(env),
         resources: Some(g.resources.clone()),
-        // Serving only once its gRPC health says SERVING; restarted when its HTTP liveness fails.
-        startup_probe: Some(grpc_probe(2, 30)),
-        readiness_probe: Some(grpc_probe(5, 3)),
-        liveness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/livez".into()),
-                port: IntOrString::String("metrics".into()),
-                scheme: Some("HTTP".into()),
-                ..Default::default()
+        // Started once its gRPC health (service "") says SERVING: the process serves.
+        // Ready only while `/readyz` is 200, which the gateway answers only while Riva and the
+        // LLM answer its checks (503 with the reason otherwise): a rollout with a wrong LLM URL
+        // or API key stops before it replaces working pods. The gRPC service "" would not do:
+        // it is SERVING whatever the backends say. (HTTP, like liveness, so that the seed's
+        // gateway image, whose Prometheus client answers every path, runs too.) Restarted when
+        // its HTTP liveness fails.
+        startup_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: g.grpc_port,
+                service: None,
             }),
-            period_seconds: Some(10),
-            failure_threshold: Some(3),
+            period_seconds: Some(2),
+            failure_threshold: Some(30),
             timeout_seconds: Some(2),
             ..Default::default()
         }),
+        readiness_probe: Some(http_probe(READINESS_PATH, 5, 3)),
+        liveness_probe: Some(http_probe("/livez", 10, 3)),
         security_context: Some(restricted_container_context()),
         volume_mounts: Some(volume_mounts),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -409,8 +417,19 @@ mod tests {
             pod.security_context.unwrap().seccomp_profile.unwrap().type_,
             "RuntimeDefault"
         );
+        // Ready only while the gateway's /readyz says its backends answer; started once
+        // its gRPC server serves.
+        let ready = c
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap();
+        assert_eq!(ready.path.as_deref(), Some("/readyz"));
+        assert_eq!(ready.port, IntOrString::String("metrics".into()));
         assert_eq!(
-            c.readiness_probe
+            c.startup_probe
                 .as_ref()
                 .unwrap()
                 .grpc
@@ -419,7 +438,6 @@ mod tests {
                 .port,
             50051
         );
-        assert!(c.startup_probe.as_ref().unwrap().grpc.is_some());
         // Shutdown grace 20 s in this example: the pod gets more.
         assert!(pod.termination_grace_period_seconds.unwrap() > 20);
         let key = &c.env.as_ref().unwrap()[0];
