@@ -31,6 +31,13 @@ const MAX_MESSAGE: usize = 400;
 /// Waiting reasons of a container that is merely starting.
 const STARTING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
 
+/// The reason of a gateway pod that runs, has started, and is not ready: its readiness
+/// (`/readyz`) waits for Riva and the LLM to answer. (A gateway waiting for a managed Riva
+/// that is still loading its models is no problem of the gateway's: see [`crate::status`].)
+pub const WAITING_FOR_BACKENDS: &str = "WaitingForBackends";
+/// The reason of any other pod that runs, has started, and is not ready.
+pub const NOT_READY: &str = "NotReady";
+
 /// Why one pod does not become ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodProblem {
@@ -43,7 +50,10 @@ pub struct PodProblem {
 
 /// The problem of `pod`, if it has one. A pod that is being deleted or has ended has none (the
 /// ReplicaSet replaces it), nor one that is still starting: a Riva loading its models for half
-/// an hour is not failing.
+/// an hour is not failing. A container that has started (its startup probe passed) and is not
+/// ready is one: a gateway whose backends do not answer, a Riva that stopped serving. (It is
+/// also what a container is for the few seconds between its startup probe and its first
+/// readiness probe; the message says "not ready", which is then true too.)
 pub fn problem_of(pod: &Pod) -> Option<PodProblem> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
@@ -70,12 +80,20 @@ pub fn problem_of(pod: &Pod) -> Option<PodProblem> {
         .iter()
         .flatten()
         .chain(status.container_statuses.iter().flatten());
+    let component = pod
+        .labels()
+        .get("app.kubernetes.io/component")
+        .map(String::as_str);
     containers
-        .filter_map(|c| container_problem(&name, c))
+        .filter_map(|c| container_problem(&name, component, c))
         .next()
 }
 
-fn container_problem(pod: &str, c: &ContainerStatus) -> Option<PodProblem> {
+fn container_problem(
+    pod: &str,
+    component: Option<&str>,
+    c: &ContainerStatus,
+) -> Option<PodProblem> {
     let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
     let waiting_reason = waiting.and_then(|w| w.reason.as_deref());
     let last_exit = c
@@ -105,15 +123,37 @@ fn container_problem(pod: &str, c: &ContainerStatus) -> Option<PodProblem> {
             ),
         ));
     }
-    let reason = waiting_reason.filter(|r| !STARTING.contains(r))?;
-    let detail = waiting
-        .and_then(|w| w.message.as_deref())
-        .map(|m| format!(": {m}"))
-        .unwrap_or_default();
-    Some(problem(
-        reason,
-        format!("pod {pod}: container {}: {reason}{detail}", c.name),
-    ))
+    if let Some(reason) = waiting_reason.filter(|r| !STARTING.contains(r)) {
+        let detail = waiting
+            .and_then(|w| w.message.as_deref())
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        return Some(problem(
+            reason,
+            format!("pod {pod}: container {}: {reason}{detail}", c.name),
+        ));
+    }
+    let running = c.state.as_ref().is_some_and(|s| s.running.is_some());
+    (running && c.started == Some(true) && !c.ready).then(|| not_ready(pod, component, &c.name))
+}
+
+/// A container that runs and has started, but is not ready.
+fn not_ready(pod: &str, component: Option<&str>, container: &str) -> PodProblem {
+    if component == Some("gateway") {
+        problem(
+            WAITING_FOR_BACKENDS,
+            format!(
+                "pod {pod} runs but is not ready: the gateway is ready only while Riva and the LLM answer its checks; its log (`kubectl logs {pod}`) names the one that does not (spec.riva, spec.llm.url, the LLM API key Secret)"
+            ),
+        )
+    } else {
+        problem(
+            NOT_READY,
+            format!(
+                "pod {pod}: container {container} runs but is not ready: its readiness probe does not pass (`kubectl describe pod {pod}` shows the probe's failures, `kubectl logs {pod}` the container's errors)"
+            ),
+        )
+    }
 }
 
 fn problem(reason: &str, message: String) -> PodProblem {
@@ -361,6 +401,41 @@ mod tests {
                 k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
             ));
         assert_eq!(problem_of(&deleting), None);
+    }
+
+    /// A pod of `component` whose one container runs, started (its startup probe passed) or
+    /// not, ready or not.
+    fn running(component: &str, started: bool, ready: bool) -> Pod {
+        let mut p = pod(json!({"phase": "Running", "containerStatuses": [{
+            "name": component, "image": component, "imageID": "", "restartCount": 0,
+            "started": started, "ready": ready, "state": {"running": {}},
+        }]}));
+        p.labels_mut()
+            .insert("app.kubernetes.io/component".into(), component.into());
+        p
+    }
+
+    #[test]
+    fn a_started_container_that_is_not_ready_is_a_problem_and_a_gateway_says_which_backends() {
+        let gateway = problem_of(&running("gateway", true, false)).unwrap();
+        assert_eq!(gateway.reason, WAITING_FOR_BACKENDS);
+        assert_eq!(
+            gateway.message,
+            "pod demo-riva-5d8f-x2x9q runs but is not ready: the gateway is ready only while Riva and the LLM answer its checks; its log (`kubectl logs demo-riva-5d8f-x2x9q`) names the one that does not (spec.riva, spec.llm.url, the LLM API key Secret)"
+        );
+        let riva = problem_of(&running("riva", true, false)).unwrap();
+        assert_eq!(riva.reason, NOT_READY);
+        assert!(
+            riva.message.starts_with(
+                "pod demo-riva-5d8f-x2x9q: container riva runs but is not ready: its readiness probe does not pass"
+            ),
+            "{}",
+            riva.message
+        );
+        // Still in its startup probe (a Riva loading models), or ready: nothing to report.
+        assert_eq!(problem_of(&running("riva", false, false)), None);
+        assert_eq!(problem_of(&running("gateway", false, false)), None);
+        assert_eq!(problem_of(&running("gateway", true, true)), None);
     }
 
     #[test]

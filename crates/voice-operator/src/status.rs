@@ -21,7 +21,7 @@ use voice_types::{
 };
 
 use crate::model::Validated;
-use crate::pods::PodProblem;
+use crate::pods::{self, PodProblem};
 
 /// Rollout state of a Deployment as read from its status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -361,10 +361,14 @@ pub fn compute(
             ),
         )
     } else {
-        // The gateway's, unless Riva's says more than "rolling out" (a pod that cannot start).
-        let c = if gateway.status == "False"
-            && (gateway.reason != "RollingOut" || riva.status == "True")
-        {
+        // The gateway's, unless the gateway merely rolls out or waits for its backends while a
+        // managed Riva is not available: then Riva's is the cause (loading its models, a pod
+        // that cannot start).
+        let gateway_waits = matches!(
+            gateway.reason.as_str(),
+            "RollingOut" | pods::WAITING_FOR_BACKENDS
+        );
+        let c = if gateway.status == "False" && (!gateway_waits || riva.status == "True") {
             &gateway
         } else {
             &riva
@@ -595,6 +599,55 @@ mod tests {
         done.pod_problem = riva.pod_problem.clone();
         let s = compute(&v, None, &obs(ok(2), Some(done)), &t(1));
         assert_eq!(get(&s, "RivaAvailable").reason, "Available");
+    }
+
+    #[test]
+    fn a_gateway_waiting_for_its_backends_says_so_unless_a_loading_riva_is_the_cause() {
+        let waiting = |mut r: Rollout| {
+            r.available = 0;
+            r.ready = 0;
+            r.pod_problem = Some(PodProblem {
+                reason: pods::WAITING_FOR_BACKENDS.into(),
+                message: "pod demo-gateway-x runs but is not ready".into(),
+            });
+            r
+        };
+        let loading = || {
+            let mut riva = ok(1);
+            riva.available = 0;
+            riva.ready = 0;
+            riva
+        };
+        // An external Riva or a wrong LLM URL: the gateway's own condition is the cause.
+        let v = validate(&testdata::external()).unwrap();
+        let s = compute(&v, None, &obs(waiting(ok(1)), None), &t(1));
+        let g = get(&s, "GatewayAvailable");
+        assert_eq!(g.reason, pods::WAITING_FOR_BACKENDS);
+        assert_eq!(
+            g.message,
+            "0/1 gateway pods available, 1 updated; pod demo-gateway-x runs but is not ready"
+        );
+        assert_eq!(get(&s, "Ready").reason, pods::WAITING_FOR_BACKENDS);
+        assert_eq!(get(&s, "Ready").message, g.message);
+        assert_eq!(get(&s, "Reconciling").status, "True");
+        assert_eq!(get(&s, "Stalled").status, "False");
+
+        // A managed Riva still loading its models: Ready names Riva, which the gateway waits for.
+        let v = validate(&testdata::managed()).unwrap();
+        let s = compute(&v, None, &obs(waiting(ok(2)), Some(loading())), &t(1));
+        assert_eq!(
+            get(&s, "GatewayAvailable").reason,
+            pods::WAITING_FOR_BACKENDS
+        );
+        assert_eq!(get(&s, "Ready").reason, "RollingOut");
+        assert!(
+            get(&s, "Ready").message.contains(" Riva pods available"),
+            "{}",
+            get(&s, "Ready").message
+        );
+        // Riva available, the gateway still not ready: the LLM is the cause.
+        let s = compute(&v, None, &obs(waiting(ok(2)), Some(ok(1))), &t(1));
+        assert_eq!(get(&s, "Ready").reason, pods::WAITING_FOR_BACKENDS);
     }
 
     #[test]
