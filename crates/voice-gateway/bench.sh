@@ -13,6 +13,9 @@
 #   (floor)"): the gateway's API doing no work, NULL_CHUNKS audio chunks per turn (default 1), on
 #   the same gRPC stack. Its `through` is the bare client <-> server round trip at that load.
 # TWIN_GAP_MS: pause between a turn and its direct twin (default 0; see voice-bench --help).
+# Then the most streams sustained (`voice-bench capacity`): CAPACITY_FROM (1000; quick: 100)
+#   paced streams, doubled up to CAPACITY_MAX (32000; quick: 400) while sustained with `through`
+#   p99 <= CAPACITY_P99_MS (5), CAPACITY_TURNS (2) turns each, then one bisection step.
 # PIN=1: gateway(s) on CPU 0, sim and bench client on CPU 1 (taskset); other load is not excluded.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
@@ -59,7 +62,7 @@ start() { # start PROFILE [sim args…]: sets RIVA LLM GRPC ADMIN GW_PID
 }
 start_gw() { # start_gw BIN GRPC_PORT ADMIN_PORT: sets STARTED
   RIVA_URI="$RIVA" LLM_SERVICE_URL="http://$LLM/v1" GRPC_PORT="$2" METRICS_PORT="$3" \
-    BIND_ADDRESS=127.0.0.1 LOG_LEVEL=error MAX_CONCURRENT_STREAMS=5000 "${gw_cpu[@]}" "$1" &
+    BIND_ADDRESS=127.0.0.1 LOG_LEVEL=error MAX_CONCURRENT_STREAMS="${MAX_STREAMS:-5000}" "${gw_cpu[@]}" "$1" &
   pids+=($!); STARTED=$!
   for _ in $(seq 200); do curl -sf "http://127.0.0.1:$3/readyz" >/dev/null && break; sleep 0.05; done
 }
@@ -107,6 +110,41 @@ echo "| streams | RSS before | RSS after | KiB per stream |"
 echo "|---|---|---|---|"
 bench idle-memory --target "127.0.0.1:$GRPC" --pid "$GW_PID" --streams "$([ "$quick" = quick ] && echo 100 || echo 1000)"
 stop
+echo
+# The most streams sustained: paced streams through the gateway alone (no direct twins), each
+# starting a turn every PACE_MS (phases spread evenly: a steady N / PACE turns a second), N doubled
+# from CAPACITY_FROM until a level is not sustained (a stream failed, a turn started late because
+# the one before it took longer than the pace, or `through` p99 went over CAPACITY_P99_MS, the
+# 1,000-stream target), each level on a fresh sim and gateway.
+cap_p99="${CAPACITY_P99_MS:-5}"
+if [ "$quick" = quick ]; then cap_n="${CAPACITY_FROM:-100}"; cap_max="${CAPACITY_MAX:-400}";
+else cap_n="${CAPACITY_FROM:-1000}"; cap_max="${CAPACITY_MAX:-32000}"; fi
+echo "## The most streams sustained on 2 cores (seed profile; each stream one turn every $pace ms, phases spread evenly; gateway, sim and bench client on the same cores)"
+echo "| streams | offered turns/s | served turns/s | turns | late starts | first audio p50 | first audio p99 | through p50 | through p99 | in-gateway p99 | gateway cores | gateway peak RSS (MiB) | failed streams | sustained (through p99 <= $cap_p99 ms) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+cap_level() { # cap_level N: prints the level's row; true if sustained
+  local row
+  start seed --script "$work/short.json"
+  row="$(bench capacity --target "127.0.0.1:$GRPC" --streams "$1" --turns "${CAPACITY_TURNS:-2}" \
+    --pace-ms "$pace" --p99-limit-ms "$cap_p99" --gateway-pid "$GW_PID")"
+  stop
+  echo "$row"
+  [[ "$row" == *"| yes |" ]]
+}
+best=0 failed_at=0
+export MAX_STREAMS=$((cap_max * 2))
+while [ "$cap_n" -le "$cap_max" ]; do
+  if cap_level "$cap_n"; then best=$cap_n; else failed_at=$cap_n; break; fi
+  cap_n=$((cap_n * 2))
+done
+# One step of bisection between the last level sustained and the first not.
+if [ "$best" -gt 0 ] && [ "$failed_at" -gt 0 ]; then
+  mid=$(((best + failed_at) / 2))
+  if cap_level "$mid"; then best=$mid; fi
+fi
+unset MAX_STREAMS
+echo
+echo "Most streams sustained (of the levels tried): $best"
 echo
 echo "## Cost of one histogram observation"
 echo "| observations | ns per observation |"

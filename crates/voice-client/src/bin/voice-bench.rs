@@ -13,6 +13,10 @@
 //!   process (and the bench itself) spent per turn during the run.
 //! - `pipeline`: turn completion through the gateway vs. the ideal bound (later of LLM completion
 //!   and the TTS work that cannot overlap, measured directly) and vs. the sequential sum.
+//! - `capacity`: N paced streams through the gateway alone (no direct twins), each starting a
+//!   turn every P ms (phases spread evenly), reporting whether it sustains them: every turn
+//!   served and started on time, `through` p99 within a limit.
+//!   `bench.sh` doubles N until it does not, for "the most streams sustained on 2 cores".
 //! - `idle-memory`: gateway RSS growth per idle stream.
 //! - `histogram`: cost of one histogram observation.
 //! - `null-gateway`: a server of the gateway's API that does no work (`--chunks N` audio chunks
@@ -171,6 +175,33 @@ impl CpuSnap {
     }
 }
 
+/// The level `capacity` measures.
+#[derive(Debug, clap::Args, Clone)]
+struct CapacityArgs {
+    /// Gateway gRPC address.
+    #[arg(long)]
+    target: String,
+    /// Concurrent streams, all open before the first turn.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Turns per stream.
+    #[arg(long, default_value_t = 2)]
+    turns: usize,
+    /// Time between the starts of two turns of one stream, in ms (fixed; the streams' phases
+    /// spread evenly over it, so the gateway gets a steady STREAMS / PACE turns a second).
+    #[arg(long, default_value_t = 5000)]
+    pace_ms: u64,
+    /// Sustained only while `through` p99 stays within this, in ms.
+    #[arg(long, default_value_t = 5.0)]
+    p99_limit_ms: f64,
+    /// Gateway process id: its CPU (in cores) and peak RSS are reported.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// Text of each turn.
+    #[arg(long, default_value = "benchmark turn")]
+    text: String,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Gateway overhead on time to first audio.
@@ -186,6 +217,8 @@ enum Cmd {
         #[command(flatten)]
         load: Load,
     },
+    /// Whether the gateway sustains N paced streams: one row, its last column `yes` or `no`.
+    Capacity(CapacityArgs),
     /// Turn completion vs. the ideal pipelined bound and the sequential sum.
     Pipeline {
         #[command(flatten)]
@@ -552,6 +585,128 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
     Ok(())
 }
 
+/// What one `capacity` level measured.
+#[derive(Debug)]
+struct Level {
+    /// Turns that started after their time: the stream's previous turn took longer than the
+    /// pace.
+    late_starts: usize,
+    failed_streams: usize,
+    /// `through` p99, in ms (NaN when no turn reported its timings).
+    through_p99_ms: f64,
+}
+
+impl Level {
+    /// Every stream served all its turns, each started on time, with `through` p99 within
+    /// `limit_ms`.
+    fn sustained(&self, limit_ms: f64) -> bool {
+        self.failed_streams == 0 && self.late_starts == 0 && self.through_p99_ms <= limit_ms
+    }
+}
+
+async fn capacity(a: CapacityArgs) -> anyhow::Result<()> {
+    let CapacityArgs {
+        target,
+        streams,
+        turns,
+        pace_ms,
+        p99_limit_ms,
+        gateway_pid,
+        text,
+    } = a;
+    anyhow::ensure!(pace_ms > 0, "--pace-ms must be above 0");
+    let load = Load {
+        pace_ms,
+        arrival: Arrival::Fixed,
+        twin_gap_ms: 0,
+        gateway_pid,
+        sim_pid: None,
+    };
+    let chans = channels(&target, streams.div_ceil(100)).await?;
+    let barrier = Arc::new(Barrier::new(streams + 1));
+    let mut tasks = Vec::new();
+    for i in 0..streams {
+        let ch = chans[i % chans.len()].clone();
+        let (barrier, text) = (barrier.clone(), text.clone());
+        let (mut pacer, first) = Pacer::new(&load, i, streams);
+        tasks.push(tokio::spawn(async move {
+            let mut s = GwStream::open(ch).await;
+            barrier.wait().await;
+            let s = s.as_mut().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (mut out, mut late) = (Vec::new(), 0usize);
+            let mut next = tokio::time::Instant::now() + first;
+            for k in 0..turns {
+                // The previous turn ended after this one's start time (the first turn has none:
+                // the stream whose phase is 0 starts at once).
+                if k > 0 && tokio::time::Instant::now() > next {
+                    late += 1;
+                }
+                tokio::time::sleep_until(next).await;
+                next += pacer.gap();
+                out.push(s.turn(&text).await?);
+            }
+            anyhow::Ok((out, late))
+        }));
+    }
+    barrier.wait().await;
+    let cpu0 = CpuSnap::take(&load);
+    let start = Instant::now();
+    let (mut first, mut through, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut late, mut failed) = (0, 0);
+    for t in tasks {
+        match t.await? {
+            Ok((v, l)) => {
+                late += l;
+                for turn in v {
+                    first.push(turn.first_audio.as_secs_f64() * 1e3);
+                    through.extend(turn.through_ms());
+                    own.extend(turn.own_ms);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("stream failed: {e}");
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    let cores = match (cpu0.0[0], CpuSnap::take(&load).0[0]) {
+        (Some(a), Some(b)) => format!("{:.2}", (b - a).as_secs_f64() / elapsed.as_secs_f64()),
+        _ => "n/a".into(),
+    };
+    let peak_rss = gateway_pid
+        .and_then(|p| peak_rss_kib(p).ok())
+        .map_or("n/a".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let level = Level {
+        late_starts: late,
+        failed_streams: failed,
+        through_p99_ms: if through.is_empty() {
+            f64::NAN
+        } else {
+            pct(&mut through, 0.99)
+        },
+    };
+    println!(
+        "| {streams} | {:.1} | {:.1} | {} | {late} | {} | {} | {} | {:.3} | {} | {cores} | {peak_rss} | {failed} | {} |",
+        streams as f64 * 1e3 / pace_ms as f64,
+        first.len() as f64 / elapsed.as_secs_f64(),
+        first.len(),
+        opt(&mut first, 0.5),
+        opt(&mut first, 0.99),
+        opt(&mut through, 0.5),
+        level.through_p99_ms,
+        opt(&mut own, 0.99),
+        if level.sustained(p99_limit_ms) {
+            "yes"
+        } else {
+            "no"
+        },
+    );
+    Ok(())
+}
+
 async fn pipeline(t: Targets, turns: usize) -> anyhow::Result<()> {
     let ch = channels(&t.target, 1).await?.remove(0);
     let direct = Direct::new(&t)?;
@@ -580,12 +735,21 @@ async fn pipeline(t: Targets, turns: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+        .ok_or_else(|| anyhow::anyhow!("no {field}"))
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmHWM")
 }
 
 async fn idle_memory(target: String, pid: u32, streams: usize) -> anyhow::Result<()> {
@@ -717,6 +881,7 @@ fn main() -> anyhow::Result<()> {
                 turns,
                 load,
             } => overhead(t, streams, turns, load).await,
+            Cmd::Capacity(a) => capacity(a).await,
             Cmd::Pipeline { t, turns } => pipeline(t, turns).await,
             Cmd::IdleMemory {
                 target,
@@ -746,6 +911,20 @@ mod tests {
 
     fn is_listening(s: &S, text: &str) -> bool {
         matches!(s, S::Event(e) if e.r#type == EventType::Listening as i32 && e.message == text)
+    }
+
+    #[test]
+    fn a_level_is_sustained_only_with_every_turn_served_on_time_within_the_limit() {
+        let level = |late_starts, failed_streams, through_p99_ms| Level {
+            late_starts,
+            failed_streams,
+            through_p99_ms,
+        };
+        assert!(level(0, 0, 0.8).sustained(5.0));
+        assert!(!level(0, 1, 0.8).sustained(5.0), "a stream failed");
+        assert!(!level(1, 0, 0.8).sustained(5.0), "fell behind");
+        assert!(!level(0, 0, 5.1).sustained(5.0), "too slow");
+        assert!(!level(0, 0, f64::NAN).sustained(5.0), "no timings");
     }
 
     #[test]
