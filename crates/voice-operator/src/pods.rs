@@ -80,10 +80,7 @@ pub fn problem_of(pod: &Pod) -> Option<PodProblem> {
         .iter()
         .flatten()
         .chain(status.container_statuses.iter().flatten());
-    let component = pod
-        .labels()
-        .get("app.kubernetes.io/component")
-        .map(String::as_str);
+    let component = component_of(pod);
     containers
         .filter_map(|c| container_problem(&name, component, c))
         .next()
@@ -91,7 +88,7 @@ pub fn problem_of(pod: &Pod) -> Option<PodProblem> {
 
 fn container_problem(
     pod: &str,
-    component: Option<&str>,
+    component: Option<Component>,
     c: &ContainerStatus,
 ) -> Option<PodProblem> {
     let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
@@ -138,8 +135,8 @@ fn container_problem(
 }
 
 /// A container that runs and has started, but is not ready.
-fn not_ready(pod: &str, component: Option<&str>, container: &str) -> PodProblem {
-    if component == Some("gateway") {
+fn not_ready(pod: &str, component: Option<Component>, container: &str) -> PodProblem {
+    if component == Some(Component::Gateway) {
         problem(
             WAITING_FOR_BACKENDS,
             format!(
@@ -182,16 +179,21 @@ fn condition_reason(reason: &str) -> String {
 type Owner = (Changed, &'static str);
 
 fn owner(pod: &Pod) -> Option<Owner> {
-    let component = match pod
+    Some((owner_of(pod)?, component_of(pod)?.as_str()))
+}
+
+/// The component a pod runs, from its `app.kubernetes.io/component` label: only Deployments'
+/// pods, the gateway's and Riva's.
+fn component_of(pod: &Pod) -> Option<Component> {
+    match pod
         .labels()
         .get("app.kubernetes.io/component")
         .map(String::as_str)
     {
-        Some("gateway") => Component::Gateway.as_str(),
-        Some("riva") => Component::Riva.as_str(),
-        _ => return None,
-    };
-    Some((owner_of(pod)?, component))
+        Some("gateway") => Some(Component::Gateway),
+        Some("riva") => Some(Component::Riva),
+        _ => None,
+    }
 }
 
 /// The problems of the operator's pods in one watch scope, by pipeline and component, then
