@@ -57,9 +57,27 @@ impl TurnError {
     }
 
     /// A gRPC status from Riva, labelled by its code (`unavailable`, `deadline_exceeded`, …).
+    /// The message carries the status's causes too: for a call lost with its connection,
+    /// tonic's own message ("h2 protocol error: error reading a body from connection") does
+    /// not say why.
     pub fn from_status(stage: Stage, s: &tonic::Status) -> Self {
-        Self::backend(stage, status_label(s.code()), s.message().to_string())
+        let message = with_causes(s.message(), std::error::Error::source(s));
+        Self::backend(stage, status_label(s.code()), message)
     }
+}
+
+/// `message`, then each cause of `source`'s chain that it does not say already, `: `-separated.
+fn with_causes(message: &str, mut source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut out = message.to_string();
+    while let Some(e) = source {
+        let cause = e.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+        source = e.source();
+    }
+    out
 }
 
 /// Snake-case name of a gRPC code, used as `error_type`.
@@ -83,5 +101,56 @@ pub fn status_label(code: tonic::Code) -> &'static str {
         Unavailable => "unavailable",
         DataLoss => "data_loss",
         Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// An error that says `text` and has `source` as its cause.
+    #[derive(Debug)]
+    struct Cause {
+        text: &'static str,
+        source: Option<Box<Cause>>,
+    }
+
+    impl std::fmt::Display for Cause {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.text)
+        }
+    }
+
+    impl std::error::Error for Cause {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.source.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn a_status_from_riva_carries_its_causes_once_each() {
+        // What tonic makes of a TTS call whose connection broke: its message names the body
+        // read, the cause under it says why.
+        let mut s =
+            tonic::Status::unknown("h2 protocol error: error reading a body from connection");
+        s.set_source(Arc::new(Cause {
+            text: "error reading a body from connection",
+            source: Some(Box::new(Cause {
+                text: "keep-alive timed out",
+                source: None,
+            })),
+        }));
+        assert_eq!(
+            TurnError::from_status(Stage::Tts, &s).to_string(),
+            "TTS backend error (unknown): h2 protocol error: error reading a body from connection: keep-alive timed out"
+        );
+        // A status of Riva's own has no cause: its message alone.
+        let s = tonic::Status::unavailable("model not loaded");
+        assert_eq!(
+            TurnError::from_status(Stage::Asr, &s).to_string(),
+            "ASR backend error (unavailable): model not loaded"
+        );
     }
 }
