@@ -41,7 +41,9 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 crds: ## regenerate crds/ (and the Helm chart's copy) from the Rust types
-	$(CARGO) run -q --locked -p voice-operator -- crd > $(CRD_FILE)
+	@# Written beside it, then renamed: the tracked file is never empty or half-written.
+	$(CARGO) run -q --locked -p voice-operator -- crd > $(CRD_FILE).new
+	mv $(CRD_FILE).new $(CRD_FILE)
 	cp $(CRD_FILE) $(CHART)/crds/
 
 crds-check: crds ## fail when crds/ differs from what the Rust types generate
