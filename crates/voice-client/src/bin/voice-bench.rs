@@ -514,8 +514,10 @@ async fn overhead(t: Targets, streams: usize, turns: usize, load: Load) -> anyho
             let mut next = tokio::time::Instant::now() + first;
             for k in 0..turns {
                 if paced {
-                    if tokio::time::Instant::now() > next {
-                        late += 1; // the previous turn (and its direct twin) overran the pause
+                    // The previous turn (and its direct twin) overran the pause; a first turn has
+                    // none before it (with `--arrival fixed`, stream 0's starts at once).
+                    if k > 0 && tokio::time::Instant::now() > next {
+                        late += 1;
                     }
                     tokio::time::sleep_until(next).await;
                     next += pacer.gap();
