@@ -1,5 +1,6 @@
-//! Riva clients: one lazily connected HTTP/2 channel shared by every session, optional TLS (web
-//! PKI roots, or the CA certificates of RIVA_SSL_CERT), optional metadata (API keys) on every call.
+//! Riva clients: two lazily connected HTTP/2 channels shared by every session, one for ASR and
+//! one for TTS (see [`Riva`]), optional TLS (web PKI roots, or the CA certificates of
+//! RIVA_SSL_CERT), optional metadata (API keys) on every call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,10 +62,17 @@ const RIVA_CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 // concurrent client streams, each with an ASR and a TTS call open, it still has room.
 const _: () = assert!(RIVA_CONNECTION_WINDOW as u64 >= 2 * 1000 * RIVA_STREAM_WINDOW as u64);
 
-/// Riva ASR + TTS + health over one channel.
+/// Riva ASR + TTS + health, ASR and TTS each over a channel (an HTTP/2 connection) of its own.
+///
+/// Audio that Riva ASR has not read yet holds HTTP/2 flow-control window of its connection, up
+/// to the whole of it: a Riva whose recognizers fall behind (or stop reading) leaves no window for
+/// anything else sent on that connection. On a shared connection, the TTS requests of every
+/// session would then wait behind it, and each turn would fail with "TTS stream stalled". With
+/// TTS on its own connection, ASR backpressure stays with ASR.
 #[derive(Debug, Clone)]
 pub struct Riva {
-    channel: Channel,
+    asr: Channel,
+    tts: Channel,
     metadata: Metadata,
 }
 
@@ -80,7 +88,7 @@ pub struct AsrParams {
 }
 
 impl Riva {
-    /// A lazily connected channel to `uri` (`host:port`, `http://…` or `https://…`).
+    /// Lazily connected channels to `uri` (`host:port`, `http://…` or `https://…`).
     pub fn new(
         uri: &str,
         tls: bool,
@@ -134,19 +142,21 @@ impl Riva {
             };
             ep = ep.tls_config(roots)?;
         }
+        // Each `connect_lazy` is a channel of its own, with its own connection.
         Ok(Self {
-            channel: ep.connect_lazy(),
+            asr: ep.connect_lazy(),
+            tts: ep.connect_lazy(),
             metadata,
         })
     }
 
     fn asr(&self) -> RivaSpeechRecognitionClient<Svc> {
-        RivaSpeechRecognitionClient::with_interceptor(self.channel.clone(), self.metadata.clone())
+        RivaSpeechRecognitionClient::with_interceptor(self.asr.clone(), self.metadata.clone())
             .max_decoding_message_size(64 << 20)
     }
 
     fn tts(&self) -> RivaSpeechSynthesisClient<Svc> {
-        RivaSpeechSynthesisClient::with_interceptor(self.channel.clone(), self.metadata.clone())
+        RivaSpeechSynthesisClient::with_interceptor(self.tts.clone(), self.metadata.clone())
             .max_decoding_message_size(64 << 20)
     }
 
@@ -209,7 +219,9 @@ impl Riva {
     /// Whether Riva answers `grpc.health.v1.Health/Check` with SERVING.
     pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
         use tonic_health::pb::health_client::HealthClient;
-        let mut c = HealthClient::with_interceptor(self.channel.clone(), self.metadata.clone());
+        // On the TTS connection: the one a turn cannot do without once its transcript is final,
+        // and the one ASR backpressure never holds up.
+        let mut c = HealthClient::with_interceptor(self.tts.clone(), self.metadata.clone());
         let req = tonic_health::pb::HealthCheckRequest {
             service: String::new(),
         };
