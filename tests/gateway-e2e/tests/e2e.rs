@@ -905,18 +905,15 @@ async fn a_turn_finishes_while_the_asr_takes_no_audio() -> anyhow::Result<()> {
     let mic = live_microphone(&c);
     let got = c.until(is_event(EventType::Error)).await?;
     mic.abort();
-    assert_eq!(
-        tags(&got),
-        [
-            "PROCESSING",
-            "llm",
-            "SPEAKING",
-            "audio",
-            "LISTENING",
-            "ERROR"
-        ]
-        .map(String::from),
-        "{:?}",
+    // The whole reply, then the ASR timeout. (Its later sentences' text may come between audio
+    // chunks: their TTS runs beside the LLM stream.)
+    let t = tags(&got);
+    let reply = t.get(4..t.len().saturating_sub(2)).unwrap_or_default();
+    assert!(
+        t.starts_with(&["PROCESSING", "llm", "SPEAKING", "audio"].map(String::from))
+            && t.ends_with(&["LISTENING", "ERROR"].map(String::from))
+            && reply.iter().all(|x| x == "llm" || x == "audio"),
+        "{t:?}: {:?}",
         got.last()
     );
     Ok(())
