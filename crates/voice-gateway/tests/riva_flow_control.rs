@@ -11,11 +11,12 @@ use tokio::sync::mpsc;
 use voice_gateway::riva::{AsrParams, Metadata, Riva};
 use voice_sim::{SimState, codec, profile};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unread_tts_calls_do_not_stall_the_shared_connection() {
+/// The gateway's Riva client of a zero-latency simulator with `faults`, serving (spawned) until
+/// the test's runtime ends.
+async fn riva_of_a_simulator(faults: profile::Faults) -> Riva {
     let state = Arc::new(SimState {
         profile: profile::Profile::by_name("zero").expect("zero profile"),
-        faults: profile::Faults::new(0.0, 0.0, 0.0, 1),
+        faults,
         script: Default::default(),
         sidecars: Default::default(),
         model: "sim".into(),
@@ -24,13 +25,18 @@ async fn unread_tts_calls_do_not_stall_the_shared_connection() {
     });
     let any = "127.0.0.1:0".parse().expect("addr");
     let (bound, _serving) = voice_sim::start(state, any, any).await.expect("simulator");
-    let riva = Riva::new(
+    Riva::new(
         &bound.riva.to_string(),
         false,
         Metadata::default(),
         Duration::from_secs(5),
     )
-    .expect("riva client");
+    .expect("riva client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_tts_calls_do_not_stall_the_shared_connection() {
+    let riva = riva_of_a_simulator(profile::Faults::new(0.0, 0.0, 0.0, 1)).await;
 
     // Each unread call has more audio than any stream window holds, so each pins a full
     // stream window of the connection. 24 of them pin 24 windows: with 1 MiB stream windows
@@ -74,24 +80,7 @@ async fn asr_audio_that_riva_does_not_read_does_not_stall_tts() {
     // Every ASR call of this simulator takes its config and then reads no audio.
     let mut faults = profile::Faults::new(0.0, 0.0, 0.0, 1);
     faults.asr_stall_rate = 1.0;
-    let state = Arc::new(SimState {
-        profile: profile::Profile::by_name("zero").expect("zero profile"),
-        faults,
-        script: Default::default(),
-        sidecars: Default::default(),
-        model: "sim".into(),
-        llm_quirks: false,
-        required: Default::default(),
-    });
-    let any = "127.0.0.1:0".parse().expect("addr");
-    let (bound, _serving) = voice_sim::start(state, any, any).await.expect("simulator");
-    let riva = Riva::new(
-        &bound.riva.to_string(),
-        false,
-        Metadata::default(),
-        Duration::from_secs(5),
-    )
-    .expect("riva client");
+    let riva = riva_of_a_simulator(faults).await;
 
     // Four sessions' audio, sent faster than Riva reads it: 4 MiB, more than the flow-control
     // window Riva (here hyper's 1 MiB defaults) gives a connection.
