@@ -105,6 +105,13 @@ impl Rollout {
         }
     }
 
+    /// Pods of an older template still run: a rolling update, whose progress is how many pods
+    /// run the current template. (Not for a new Deployment, where the count only goes from 0 to
+    /// all within milliseconds: saying so would cost the pipeline one more status write.)
+    pub fn replacing(&self) -> bool {
+        self.total > self.updated
+    }
+
     /// Every desired pod runs the current template and is available.
     pub fn complete(&self) -> bool {
         // No old pod left either: what `kubectl rollout status` waits for.
@@ -226,10 +233,14 @@ fn rollout_condition(type_: &str, what: &str, r: Option<&Rollout>) -> Condition 
                 .as_ref()
                 .map_or("RollingOut", |p| p.reason.as_str()),
             format!(
-                "{}/{} {what} pods available, {} updated{}{}",
+                "{}/{} {what} pods available{}{}{}",
                 r.available,
                 r.desired,
-                r.updated,
+                if r.replacing() {
+                    format!(", {} updated", r.updated)
+                } else {
+                    String::new()
+                },
                 r.failure
                     .as_deref()
                     .map(|f| format!("; {f}"))
@@ -541,6 +552,36 @@ mod tests {
     }
 
     #[test]
+    fn a_rolling_update_counts_updated_pods_and_a_new_deployment_does_not() {
+        let v = validate(&testdata::external()).unwrap();
+        // An update replacing one old pod of two: how many run the new template is progress.
+        let mut update = ok(2);
+        update.total = 3;
+        update.updated = 1;
+        update.available = 2;
+        let s = compute(&v, None, &obs(update, None), &t(1));
+        assert_eq!(
+            get(&s, "GatewayAvailable").message,
+            "2/2 gateway pods available, 1 updated"
+        );
+        // A new Deployment, before and after its controller made the ReplicaSet: the same
+        // status, so no status write for that step.
+        let created = Rollout {
+            desired: 1,
+            ..Rollout::default()
+        };
+        let mut scaled = created.clone();
+        (scaled.total, scaled.updated, scaled.observed) = (1, 1, true);
+        let before = compute(&v, None, &obs(created, None), &t(1));
+        let after = compute(&v, Some(&before), &obs(scaled, None), &t(2));
+        assert_eq!(
+            get(&after, "GatewayAvailable").message,
+            "0/1 gateway pods available"
+        );
+        assert_eq!(before, after);
+    }
+
+    #[test]
     fn reconciling_while_rolling_out() {
         let v = validate(&testdata::managed()).unwrap();
         let mut g = ok(2);
@@ -573,7 +614,7 @@ mod tests {
         );
         assert_eq!(
             r.message,
-            "0/1 Riva pods available, 1 updated; pod demo-riva-x cannot be scheduled: 0/3 nodes are available"
+            "0/1 Riva pods available; pod demo-riva-x cannot be scheduled: 0/3 nodes are available"
         );
         assert_eq!(get(&s, "Ready").reason, "Unschedulable");
         assert_eq!(get(&s, "Ready").message, r.message);
@@ -625,7 +666,7 @@ mod tests {
         assert_eq!(g.reason, pods::WAITING_FOR_BACKENDS);
         assert_eq!(
             g.message,
-            "0/1 gateway pods available, 1 updated; pod demo-gateway-x runs but is not ready"
+            "0/1 gateway pods available; pod demo-gateway-x runs but is not ready"
         );
         assert_eq!(get(&s, "Ready").reason, pods::WAITING_FOR_BACKENDS);
         assert_eq!(get(&s, "Ready").message, g.message);

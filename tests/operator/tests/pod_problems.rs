@@ -35,8 +35,7 @@ async fn a_riva_no_node_can_hold_is_reported_unschedulable_until_the_spec_fits()
     let (status, _, message) = condition(&vp, "RivaAvailable").unwrap();
     assert_eq!(status, "False");
     assert!(
-        message.starts_with("0/1 Riva pods available, ")
-            && message.contains(" updated; pod voice-riva-")
+        message.starts_with("0/1 Riva pods available; pod voice-riva-")
             && message.contains("cannot be scheduled: 0/")
             && message.contains("Insufficient nvidia.com/gpu"),
         "the scheduler's own words: {message}"
@@ -167,7 +166,7 @@ async fn a_gateway_container_in_a_crash_loop_is_reported_until_it_runs_again() {
     assert_eq!(
         message,
         format!(
-            "0/1 gateway pods available, 1 updated; pod {name}: container gateway keeps exiting: exit code 1 (Error): {{\"level\":\"ERROR\",\"message\":\"RIVA_URI: cannot resolve riva-api.riva.svc\"}}"
+            "0/1 gateway pods available; pod {name}: container gateway keeps exiting: exit code 1 (Error): {{\"level\":\"ERROR\",\"message\":\"RIVA_URI: cannot resolve riva-api.riva.svc\"}}"
         )
     );
     assert_eq!(condition(&vp, "Ready").unwrap().1, "CrashLoopBackOff");
@@ -203,7 +202,7 @@ async fn a_gateway_that_runs_but_whose_backends_do_not_answer_is_reported_until_
     assert_eq!(
         message,
         format!(
-            "0/1 gateway pods available, 1 updated; pod {name} runs but is not ready: the gateway is ready only while Riva and the LLM answer its checks; its log (`kubectl logs {name}`) names the one that does not (spec.riva, spec.llm.url, the LLM API key Secret)"
+            "0/1 gateway pods available; pod {name} runs but is not ready: the gateway is ready only while Riva and the LLM answer its checks; its log (`kubectl logs {name}`) names the one that does not (spec.riva, spec.llm.url, the LLM API key Secret)"
         )
     );
     let (ready, reason, ready_message) = condition(&vp, "Ready").unwrap();
