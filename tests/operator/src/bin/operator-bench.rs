@@ -322,6 +322,8 @@ struct PlaneOnly {
     created: f64,
     all: f64,
     cpu: String,
+    /// This benchmark process's own CPU seconds meanwhile (it shares the cores).
+    bench_cpu: f64,
 }
 
 /// The plane's own share: N bare gateway Deployments created at the benchmark's pace, until
@@ -335,6 +337,7 @@ async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
         .await?;
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let cpu0 = plane_cpu(plane);
+    let (bench_cpu0, _) = proc_stat(std::process::id());
     let t0 = Instant::now();
     let times = track_deployments(&client, ns, t0);
     futures::stream::iter(0..n)
@@ -361,10 +364,16 @@ async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
     }
     let all = last(&times.lock().unwrap().available);
     let cpu = cpu_between(&cpu0, &plane_cpu(plane));
+    let bench_cpu = proc_stat(std::process::id()).0 - bench_cpu0;
     eprintln!(
-        ">> plane alone: creates sent in {created:.1} s, all available at {all:.1} s; CPU {cpu}"
+        ">> plane alone: creates sent in {created:.1} s, all available at {all:.1} s; CPU {cpu}; this benchmark {bench_cpu:.1} s"
     );
-    Ok(PlaneOnly { created, all, cpu })
+    Ok(PlaneOnly {
+        created,
+        all,
+        cpu,
+        bench_cpu,
+    })
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -557,6 +566,8 @@ struct Run {
     hwm_mib: f64,
     cpu_scale: f64,
     cpu_total: f64,
+    /// This benchmark process's own CPU seconds in the scale run.
+    bench_cpu_scale: f64,
     plane_cpu_scale: String,
     scale_reqs: f64,
     scale_parts: Vec<String>,
@@ -722,6 +733,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
     // === 2. scale: N pipelines until all Ready ===
     eprintln!(">> scale: {} pipelines", args.scale);
     let (cpu0, _) = proc_stat(pid);
+    let (bench_cpu0, _) = proc_stat(std::process::id());
     let plane0 = plane_cpu(plane);
     let req0 = apiserver_requests(plane);
     let writes0 = operator_metric(&admin, "voice_operator_api_writes_total").await;
@@ -777,6 +789,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let (cpu1, _) = proc_stat(pid);
+    let (bench_cpu1, _) = proc_stat(std::process::id());
     let plane1 = plane_cpu(plane);
     let req1 = apiserver_requests(plane);
     let writes1 = operator_metric(&admin, "voice_operator_api_writes_total").await;
@@ -835,6 +848,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
         hwm_mib: hwm_kib as f64 / 1024.0,
         cpu_scale: cpu1 - cpu0,
         cpu_total,
+        bench_cpu_scale: bench_cpu1 - bench_cpu0,
         plane_cpu_scale: cpu_between(&plane0, &plane1),
         scale_reqs: scale_reqs / n,
         scale_parts,
@@ -944,6 +958,11 @@ fn table(args: &Args, plane_only: &PlaneOnly, runs: &[(&str, Run)]) -> String {
                 r.cpu_scale, r.cpu_total
             )
         },
+        "",
+    );
+    row(
+        "this benchmark's own CPU (its creates, watches and polling share the cores): scale run; the plane alone's run beneath".into(),
+        &|r| format!("{:.1} s<br>alone: {:.1} s", r.bench_cpu_scale, plane_only.bench_cpu),
         "",
     );
     row(
