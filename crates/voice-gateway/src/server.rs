@@ -11,6 +11,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
@@ -238,6 +239,13 @@ pub async fn serve(
         limit: Arc::new(Semaphore::new(shared.config.max_concurrent_streams)),
     };
     let mut drain_wait = drain_rx.clone();
+    // tonic drops the listener when the drain signal fires; this sender goes with it, so the
+    // receiver learns that new connections are refused.
+    let (listener_open, listener_closed) = tokio::sync::oneshot::channel::<()>();
+    let incoming = grpc_incoming(grpc_l).map(move |conn| {
+        let _held_until_the_listener_is_dropped = &listener_open;
+        conn
+    });
     // `Server::tcp_nodelay` is ignored by `serve_with_incoming*`: the accepted sockets get it
     // here. Without it Nagle holds each small response frame (audio chunk, event) until the
     // client's delayed ACK, ~5–40 ms per turn at low load.
@@ -247,7 +255,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(VoiceGatewayServer::new(gateway))
-        .serve_with_incoming_shutdown(grpc_incoming(grpc_l), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             let _ = drain_wait.wait_for(|d| *d).await;
         });
     let admin = axum::serve(
@@ -276,14 +284,19 @@ pub async fn serve(
         grace_s = grace.as_secs_f64(),
         "shutdown: draining"
     );
+    // Draining first, then the health status once the listener is closed: whoever hears
+    // NOT_SERVING finds `/readyz` saying "draining" and a new connection refused, and the probe
+    // loop, which checks the drain flag, no longer reports.
+    let grace_ends = tokio::time::Instant::now() + grace;
+    let _ = drain_tx.send(true);
+    let _ = tokio::time::timeout_at(grace_ends, listener_closed).await;
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
     reporter
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
-    let _ = drain_tx.send(true);
-    match tokio::time::timeout(grace, &mut grpc).await {
+    match tokio::time::timeout_at(grace_ends, &mut grpc).await {
         Ok(r) => {
             r??;
             info!("drained: every stream finished");
@@ -323,7 +336,6 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_stream::StreamExt;
 
     #[tokio::test]
     async fn accepted_grpc_sockets_have_nodelay() {
