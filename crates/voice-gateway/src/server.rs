@@ -156,9 +156,7 @@ async fn probe_loop(
             } else {
                 ServingStatus::NotServing
             };
-            if !*shared.drain.borrow() {
-                reporter.set_service_status(SERVICE_NAME, status).await;
-            }
+            reporter.set_service_status(SERVICE_NAME, status).await;
             was = Some(ok);
         }
         readiness.set(res);
@@ -228,7 +226,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
     let readiness = Arc::new(Readiness::default());
-    let probe = tokio::spawn(probe_loop(
+    let mut probe = tokio::spawn(probe_loop(
         shared.clone(),
         readiness.clone(),
         reporter.clone(),
@@ -284,12 +282,14 @@ pub async fn serve(
         grace_s = grace.as_secs_f64(),
         "shutdown: draining"
     );
-    // Draining first, then the health status once the listener is closed: whoever hears
-    // NOT_SERVING finds `/readyz` saying "draining" and a new connection refused, and the probe
-    // loop, which checks the drain flag, no longer reports.
+    // Draining first, then the health status once the listener is closed and the probe loop has
+    // stopped: whoever hears NOT_SERVING finds `/readyz` saying "draining" and a new connection
+    // refused, and no probe result can say SERVING after it.
     let grace_ends = tokio::time::Instant::now() + grace;
     let _ = drain_tx.send(true);
     let _ = tokio::time::timeout_at(grace_ends, listener_closed).await;
+    probe.abort();
+    let _ = (&mut probe).await;
     reporter
         .set_service_status("", ServingStatus::NotServing)
         .await;
@@ -306,7 +306,6 @@ pub async fn serve(
             "grace period over: exiting with streams still open"
         ),
     }
-    probe.abort();
     admin.abort();
     Ok(())
 }

@@ -31,6 +31,20 @@ async fn draining_refuses_new_streams_reports_not_ready_and_ends_at_the_grace_pe
         .into_inner();
     let first = watch.message().await?.expect("a first health status");
     assert_eq!(first.status(), ServingStatus::Serving);
+    // And one on the readiness service, which turns SERVING once the backends answer.
+    let mut ready_watch = health
+        .watch(HealthCheckRequest {
+            service: "voice_workflow.VoiceGateway".into(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        match next_status(&mut ready_watch, Duration::from_secs(10)).await? {
+            Some(ServingStatus::Serving) => break,
+            Some(_) => continue,
+            None => anyhow::bail!("the readiness watch ended before SERVING"),
+        }
+    }
 
     let mut c = gw.open().await?;
     c.send(msg::config(16_000, false)).await?;
@@ -41,12 +55,16 @@ async fn draining_refuses_new_streams_reports_not_ready_and_ends_at_the_grace_pe
     let signalled = Instant::now();
 
     // The watch hears NOT_SERVING; /readyz says draining, while /livez still answers.
-    let next = tokio::time::timeout(Duration::from_secs(5), watch.message())
-        .await?
-        .ok()
-        .flatten()
-        .map(|m| m.status());
-    assert_eq!(next, Some(ServingStatus::NotServing));
+    let five_s = Duration::from_secs(5);
+    assert_eq!(
+        next_status(&mut watch, five_s).await?,
+        Some(ServingStatus::NotServing)
+    );
+    assert_eq!(
+        next_status(&mut ready_watch, five_s).await?,
+        Some(ServingStatus::NotServing),
+        "the readiness service while draining"
+    );
     let (status, body) = gw.http("/readyz")?;
     assert_eq!((status, body.as_str()), (503, "draining"));
     assert_eq!(gw.http("/livez")?.0, 200);
@@ -84,4 +102,13 @@ async fn draining_refuses_new_streams_reports_not_ready_and_ends_at_the_grace_pe
     });
     assert!(!ended_turn, "the long turn cannot have finished: {rest:?}");
     Ok(())
+}
+
+/// The next status a health watch reports within `within`; `None` when the watch ends or fails.
+async fn next_status(
+    watch: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+    within: Duration,
+) -> anyhow::Result<Option<ServingStatus>> {
+    let m = tokio::time::timeout(within, watch.message()).await?;
+    Ok(m.ok().flatten().map(|m| m.status()))
 }
