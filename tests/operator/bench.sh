@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The operator's benchmarks (BENCHMARKS.md, section "Operator"), each on a fresh private plane:
-# the plane alone making SCALE bare gateway Deployments available; then apply → children
+# the plane alone making SCALE bare gateway Deployments available; the writes alone (SCALE
+# pipelines' children and two status writes each, sent without an operator); then apply → children
 # latency over LATENCY pipelines, and SCALE pipelines until all Ready with the operator's peak
 # RSS, CPU, API requests per pipeline and steady-state writes per minute.
 #   tests/operator/bench.sh [LATENCY=100] [SCALE=1000] [STEADY_SECONDS=60]

@@ -12,6 +12,10 @@
 //! With `--baseline-operator OLD_BIN` the same runs are made with an older build first, for a
 //! side-by-side comparison within one run. Before either, the plane alone makes `--scale` bare
 //! gateway Deployments available, so the operator's share of "until all Ready" is visible.
+//! Then the writes alone, twice: the benchmark itself sends what this operator sends for
+//! `--scale` pipelines (the pipelines, their six children, two status writes each), with no
+//! operator; first the Service with the other children, then the Service once the gateway is
+//! available. So the plane's cost of the writes themselves, and of their order, is visible.
 //! Every run gets its own fresh private plane. Prints a Markdown table, one column per build.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,14 +26,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use operator_tests::install_crd;
+use operator_tests::{ensure_namespace, install_crd};
 use serde::de::DeserializeOwned;
 use test_support::{Plane, PlaneOptions};
 use voice_operator::monitoring_crds::{PrometheusRule, ServiceMonitor};
+use voice_operator::status::{self, Observed, Rollout};
 use voice_types::VoicePipeline;
 
 struct Args {
@@ -38,6 +44,7 @@ struct Args {
     latency: usize,
     scale: usize,
     steady_secs: u64,
+    writes_alone: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -47,6 +54,7 @@ fn args() -> anyhow::Result<Args> {
         latency: 100,
         scale: 1000,
         steady_secs: 60,
+        writes_alone: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -57,8 +65,9 @@ fn args() -> anyhow::Result<Args> {
             "--latency" => a.latency = v.parse()?,
             "--scale" => a.scale = v.parse()?,
             "--steady-seconds" => a.steady_secs = v.parse()?,
+            "--writes-alone" => a.writes_alone = v.parse()?,
             _ => bail!(
-                "usage: operator-bench --operator BIN [--baseline-operator BIN] [--latency N] [--scale N] [--steady-seconds S]"
+                "usage: operator-bench --operator BIN [--baseline-operator BIN] [--latency N] [--scale N] [--steady-seconds S] [--writes-alone true|false]"
             ),
         }
     }
@@ -81,6 +90,22 @@ fn main() -> anyhow::Result<()> {
         let plane = Plane::private("operator-bench-plane", PlaneOptions::default());
         rt.block_on(plane_only(&plane, args.scale))?
     };
+    let mut writes_only_runs = vec![];
+    let orders = [ServiceOrder::WithTheOthers, ServiceOrder::AfterAvailable];
+    for order in orders.into_iter().filter(|_| args.writes_alone) {
+        let label = order.label();
+        eprintln!(
+            ">> the writes alone ({label}): {} pipelines, no operator",
+            args.scale
+        );
+        let plane = Plane::private(
+            &format!("operator-bench-writes-{}", writes_only_runs.len()),
+            PlaneOptions::default(),
+        );
+        install_crd(&plane);
+        let run = rt.block_on(writes_only(&plane, args.scale, order))?;
+        writes_only_runs.push((label, run));
+    }
     let mut runs = vec![];
     for (label, bin) in args
         .baseline
@@ -98,7 +123,7 @@ fn main() -> anyhow::Result<()> {
         runs.push((label, run));
     }
     drop(rt);
-    println!("{}", table(&args, &plane_only, &runs));
+    println!("{}", table(&args, &plane_only, &writes_only_runs, &runs));
     Ok(())
 }
 
@@ -289,6 +314,31 @@ fn track_pipelines(client: &Client, ns: &str) -> Arc<Mutex<PipelineView>> {
     view
 }
 
+/// Waits until the watch has seen all `n` pipelines Ready at their generation; the time from
+/// `t0` (at most 15 minutes).
+async fn all_ready(
+    pipelines: &Mutex<PipelineView>,
+    n: usize,
+    t0: Instant,
+) -> anyhow::Result<Duration> {
+    loop {
+        let ready = pipelines
+            .lock()
+            .unwrap()
+            .ready
+            .values()
+            .filter(|r| **r)
+            .count();
+        if ready == n {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            bail!("only {ready} of {n} pipelines Ready after 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The most common paths of the `Ready` condition, with how many pipelines took each, for the
 /// log: where the status writes go.
 fn ready_paths(view: &PipelineView) -> Vec<(usize, String)> {
@@ -331,10 +381,7 @@ struct PlaneOnly {
 async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
     let client = plane.client().await;
     let ns = "bench-plane";
-    let nso: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &nso)
-        .await?;
+    ensure_namespace(&client, ns).await;
     let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let cpu0 = plane_cpu(plane);
     let (bench_cpu0, _) = proc_stat(std::process::id());
@@ -374,6 +421,190 @@ async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
         cpu,
         bench_cpu,
     })
+}
+
+/// A writes-alone run: what the plane did with the writes an operator of this design sends,
+/// sent by the benchmark itself with no operator, until all pipelines read Ready.
+struct WritesOnly {
+    created: f64,
+    all: f64,
+    cpu: String,
+    bench_cpu: f64,
+}
+
+/// When the writes-alone run applies a pipeline's Service.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ServiceOrder {
+    /// With the other five children, all at once, as `kubectl apply` or a Helm release would.
+    WithTheOthers,
+    /// Once the gateway Deployment is available, just before the Ready status: the order most
+    /// pipelines take under the operator at scale (RollingOut → CreatingService → Available).
+    AfterAvailable,
+}
+
+impl ServiceOrder {
+    fn label(self) -> &'static str {
+        match self {
+            ServiceOrder::WithTheOthers => "Service with the others",
+            ServiceOrder::AfterAvailable => "Service once available",
+        }
+    }
+}
+
+/// What the plane costs for N pipelines when nothing but their writes reach it: each pipeline
+/// created (32 in flight, as in the scale run), its children applied at once by server-side
+/// apply (built by the operator's own pure functions, owned by the pipeline), a first status
+/// (rolling out); meanwhile, as each gateway Deployment becomes available (one watch, polled
+/// every 50 ms), the Service if `order` holds it back, then the Ready status, 16 in flight (the
+/// operator's default concurrency). No other watch, no reconcile, no second look.
+async fn writes_only(plane: &Plane, n: usize, order: ServiceOrder) -> anyhow::Result<WritesOnly> {
+    let client = plane.client().await;
+    let ns = "bench-writes";
+    ensure_namespace(&client, ns).await;
+    let api: Api<VoicePipeline> = Api::namespaced(client.clone(), ns);
+    // The quota evaluator's first-write wait (see `bench`), taken before the clock starts.
+    let warmup = api
+        .create(&PostParams::default(), &pipeline(ns, "warmup"))
+        .await?;
+    api.delete(&warmup.name_any(), &Default::default()).await?;
+    let cpu0 = plane_cpu(plane);
+    let (bench_cpu0, _) = proc_stat(std::process::id());
+    let t0 = Instant::now();
+    let times = track_deployments(&client, ns, t0);
+    let pipelines = track_pipelines(&client, ns);
+    // Pipelines whose first status is written, by gateway Deployment name, with the Service
+    // still to apply when `order` holds it back.
+    type Waiting = HashMap<String, (voice_operator::model::Validated, Option<Service>)>;
+    let waiting: Arc<Mutex<Waiting>> = Arc::default();
+    let finishing = tokio::spawn({
+        let (api, client, times, waiting) =
+            (api.clone(), client.clone(), times.clone(), waiting.clone());
+        async move {
+            let mut written = 0;
+            while written < n {
+                let due: Vec<_> = {
+                    let t = times.lock().unwrap();
+                    let mut w = waiting.lock().unwrap();
+                    t.available.keys().filter_map(|d| w.remove(d)).collect()
+                };
+                written += due.len();
+                futures::stream::iter(due)
+                    .map(|(v, service)| {
+                        let (api, client) = (api.clone(), client.clone());
+                        async move {
+                            if let Some(svc) = service {
+                                apply_child(&client, &svc).await?;
+                            }
+                            write_status(&api, &v, 1).await
+                        }
+                    })
+                    .buffer_unordered(16)
+                    .try_collect::<Vec<_>>()
+                    .await?;
+                if t0.elapsed() > Duration::from_secs(900) {
+                    bail!("only {written} of {n} pipelines' gateways available after 15 minutes");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::Ok(())
+        }
+    });
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (api, client, waiting) = (api.clone(), client.clone(), waiting.clone());
+            async move {
+                let vp = api
+                    .create(&PostParams::default(), &pipeline(ns, &format!("p-{i}")))
+                    .await?;
+                let v = voice_operator::model::validate(&vp).expect("valid pipeline");
+                let c = voice_operator::build::build(&v);
+                let (cm, dash) = (c.gateway_config, c.dashboard.expect("dashboards on"));
+                let sm = c.gateway_service_monitor.expect("monitoring on");
+                let pr = c.prometheus_rule.expect("alerts on");
+                let svc = c.gateway_service;
+                let svc_now = (order == ServiceOrder::WithTheOthers).then_some(&svc);
+                futures::try_join!(
+                    apply_child(&client, &cm),
+                    apply_child(&client, &c.gateway_deployment),
+                    async {
+                        match svc_now {
+                            Some(svc) => apply_child(&client, svc).await,
+                            None => Ok(()),
+                        }
+                    },
+                    apply_child(&client, &sm),
+                    apply_child(&client, &pr),
+                    apply_child(&client, &dash),
+                )?;
+                write_status(&api, &v, 0).await?;
+                let held_back = (order == ServiceOrder::AfterAvailable).then_some(svc);
+                waiting
+                    .lock()
+                    .unwrap()
+                    .insert(c.gateway_deployment.name_any(), (v, held_back));
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let created = t0.elapsed().as_secs_f64();
+    finishing.await??;
+    let all = all_ready(&pipelines, n, t0).await?.as_secs_f64();
+    let cpu = cpu_between(&cpu0, &plane_cpu(plane));
+    let bench_cpu = proc_stat(std::process::id()).0 - bench_cpu0;
+    eprintln!(
+        ">> the writes alone ({}): creates sent in {created:.1} s, all Ready at {all:.1} s; CPU {cpu}; this benchmark {bench_cpu:.1} s",
+        order.label()
+    );
+    Ok(WritesOnly {
+        created,
+        all,
+        cpu,
+        bench_cpu,
+    })
+}
+
+/// The pipeline's status as the operator computes it for an external-Riva pipeline whose one
+/// gateway pod is `available` (0 or 1), applied as the operator sends it.
+async fn write_status(
+    api: &Api<VoicePipeline>,
+    v: &voice_operator::model::Validated,
+    available: i32,
+) -> Result<(), kube::Error> {
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let obs = Observed::clean(Rollout::settled(1, available), &v.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "voice.workflow.io/v1alpha1", "kind": "VoicePipeline",
+        "status": status::compute(v, None, &obs, &now),
+    });
+    api.patch_status(
+        &v.name,
+        &PatchParams::apply("voice-operator/status").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Server-side apply of one child, as the operator sends it.
+async fn apply_child<K>(client: &Client, obj: &K) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + serde::Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
+{
+    let ns = obj.namespace().expect("a namespaced child");
+    Api::<K>::namespaced(client.clone(), &ns)
+        .patch(
+            &obj.name_any(),
+            &PatchParams::apply("voice-operator/bench").force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map(|_| ())
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -594,10 +825,7 @@ const CHILD_KINDS: [&str; 6] = [
 async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run> {
     let client = plane.client().await;
     for ns in ["bench-lat", "bench-scale", "bench-warmup"] {
-        let n: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?;
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &n)
-            .await?;
+        ensure_namespace(&client, ns).await;
     }
     // The first VoicePipeline written after the CRD was installed waits ~2 s in kube-apiserver
     // (its quota admission starts an evaluator for the new resource: "quota admission added
@@ -768,25 +996,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
         .try_collect::<Vec<_>>()
         .await?;
     let created = t0.elapsed();
-    let ready_after = loop {
-        let ready = pipelines
-            .lock()
-            .unwrap()
-            .ready
-            .values()
-            .filter(|r| **r)
-            .count();
-        if ready == args.scale {
-            break t0.elapsed();
-        }
-        if t0.elapsed() > Duration::from_secs(900) {
-            bail!(
-                "only {ready} of {} pipelines Ready after 15 minutes",
-                args.scale
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let ready_after = all_ready(&pipelines, args.scale, t0).await?;
     let (cpu1, _) = proc_stat(pid);
     let (bench_cpu1, _) = proc_stat(std::process::id());
     let plane1 = plane_cpu(plane);
@@ -863,7 +1073,12 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
 }
 
 /// The Markdown table: one column per operator build, the plane alone as a row of its own.
-fn table(args: &Args, plane_only: &PlaneOnly, runs: &[(&str, Run)]) -> String {
+fn table(
+    args: &Args,
+    plane_only: &PlaneOnly,
+    writes_only: &[(&str, WritesOnly)],
+    runs: &[(&str, Run)],
+) -> String {
     let mut out = String::from("| what |");
     for (label, _) in runs {
         out += &format!(" {label} |");
@@ -938,10 +1153,31 @@ fn table(args: &Args, plane_only: &PlaneOnly, runs: &[(&str, Run)]) -> String {
         &|r| format!("{:.2}×", r.ready_after / plane_only.all),
         "",
     );
+    for (label, w) in writes_only {
+        row(
+            format!(
+                "… the writes alone, {label}: {} pipelines, their six children and two status writes each, sent by the benchmark (no operator; its own fresh plane) → all Ready",
+                args.scale
+            ),
+            &|_| format!("{:.1} s (creates sent in {:.1} s)", w.all, w.created),
+            "",
+        );
+        row(
+            format!("… all Ready as a multiple of the writes alone, {label}"),
+            &|r| format!("{:.2}×", r.ready_after / w.all),
+            "",
+        );
+    }
     row(
-        "plane CPU by component: scale run (create → all Ready); the plane alone's run beneath"
+        "plane CPU by component: scale run (create → all Ready); the plane alone's run, then the writes alone's, beneath"
             .into(),
-        &|r| format!("{}<br>alone: {}", r.plane_cpu_scale, plane_only.cpu),
+        &|r| {
+            let mut cell = format!("{}<br>alone: {}", r.plane_cpu_scale, plane_only.cpu);
+            for (label, w) in writes_only {
+                cell += &format!("<br>writes alone, {label}: {}", w.cpu);
+            }
+            cell
+        },
         "",
     );
     row(
@@ -960,8 +1196,14 @@ fn table(args: &Args, plane_only: &PlaneOnly, runs: &[(&str, Run)]) -> String {
         "",
     );
     row(
-        "this benchmark's own CPU (its creates, watches and polling share the cores): scale run; the plane alone's run beneath".into(),
-        &|r| format!("{:.1} s<br>alone: {:.1} s", r.bench_cpu_scale, plane_only.bench_cpu),
+        "this benchmark's own CPU (its creates, watches and polling share the cores): scale run; the plane alone's run, then the writes alone's, beneath".into(),
+        &|r| {
+            let mut cell = format!("{:.1} s<br>alone: {:.1} s", r.bench_cpu_scale, plane_only.bench_cpu);
+            for (label, w) in writes_only {
+                cell += &format!("<br>writes alone, {label}: {:.1} s", w.bench_cpu);
+            }
+            cell
+        },
         "",
     );
     row(
