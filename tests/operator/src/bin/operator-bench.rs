@@ -366,9 +366,9 @@ fn last(m: &HashMap<String, f64>) -> f64 {
     m.values().copied().fold(0.0, f64::max)
 }
 
-/// The plane-alone run: creates sent, all available (seconds from the first create), and the
-/// plane's CPU by component meanwhile.
-struct PlaneOnly {
+/// A run with no operator (the plane alone, the writes alone): creates sent, all done (seconds
+/// from the first create), and the plane's CPU by component meanwhile.
+struct NoOperator {
     created: f64,
     all: f64,
     cpu: String,
@@ -378,7 +378,7 @@ struct PlaneOnly {
 
 /// The plane's own share: N bare gateway Deployments created at the benchmark's pace, until
 /// all are available (ReplicaSet controller, scheduler, kwok), with no operator.
-async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
+async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<NoOperator> {
     let client = plane.client().await;
     let ns = "bench-plane";
     ensure_namespace(&client, ns).await;
@@ -415,21 +415,12 @@ async fn plane_only(plane: &Plane, n: usize) -> anyhow::Result<PlaneOnly> {
     eprintln!(
         ">> plane alone: creates sent in {created:.1} s, all available at {all:.1} s; CPU {cpu}; this benchmark {bench_cpu:.1} s"
     );
-    Ok(PlaneOnly {
+    Ok(NoOperator {
         created,
         all,
         cpu,
         bench_cpu,
     })
-}
-
-/// A writes-alone run: what the plane did with the writes an operator of this design sends,
-/// sent by the benchmark itself with no operator, until all pipelines read Ready.
-struct WritesOnly {
-    created: f64,
-    all: f64,
-    cpu: String,
-    bench_cpu: f64,
 }
 
 /// When the writes-alone run applies a pipeline's Service.
@@ -457,7 +448,7 @@ impl ServiceOrder {
 /// (rolling out); meanwhile, as each gateway Deployment becomes available (one watch, polled
 /// every 50 ms), the Service if `order` holds it back, then the Ready status, 16 in flight (the
 /// operator's default concurrency). No other watch, no reconcile, no second look.
-async fn writes_only(plane: &Plane, n: usize, order: ServiceOrder) -> anyhow::Result<WritesOnly> {
+async fn writes_only(plane: &Plane, n: usize, order: ServiceOrder) -> anyhow::Result<NoOperator> {
     let client = plane.client().await;
     let ns = "bench-writes";
     ensure_namespace(&client, ns).await;
@@ -557,7 +548,7 @@ async fn writes_only(plane: &Plane, n: usize, order: ServiceOrder) -> anyhow::Re
         ">> the writes alone ({}): creates sent in {created:.1} s, all Ready at {all:.1} s; CPU {cpu}; this benchmark {bench_cpu:.1} s",
         order.label()
     );
-    Ok(WritesOnly {
+    Ok(NoOperator {
         created,
         all,
         cpu,
@@ -1075,8 +1066,8 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
 /// The Markdown table: one column per operator build, the plane alone as a row of its own.
 fn table(
     args: &Args,
-    plane_only: &PlaneOnly,
-    writes_only: &[(&str, WritesOnly)],
+    plane_only: &NoOperator,
+    writes_only: &[(&str, NoOperator)],
     runs: &[(&str, Run)],
 ) -> String {
     let mut out = String::from("| what |");
@@ -1088,6 +1079,14 @@ fn table(
         out += "---|";
     }
     out += "---|\n";
+    // A cell with the scale run's figure, then the same figure of each run with no operator.
+    let beneath = |scale: String, of: &dyn Fn(&NoOperator) -> String| {
+        let mut cell = format!("{scale}<br>alone: {}", of(plane_only));
+        for (label, w) in writes_only {
+            cell += &format!("<br>writes alone, {label}: {}", of(w));
+        }
+        cell
+    };
     let mut row = |what: String, cell: &dyn Fn(&Run) -> String, target: &str| {
         out += &format!("| {what} |");
         for (_, r) in runs {
@@ -1171,13 +1170,7 @@ fn table(
     row(
         "plane CPU by component: scale run (create → all Ready); the plane alone's run, then the writes alone's, beneath"
             .into(),
-        &|r| {
-            let mut cell = format!("{}<br>alone: {}", r.plane_cpu_scale, plane_only.cpu);
-            for (label, w) in writes_only {
-                cell += &format!("<br>writes alone, {label}: {}", w.cpu);
-            }
-            cell
-        },
+        &|r| beneath(r.plane_cpu_scale.clone(), &|n| n.cpu.clone()),
         "",
     );
     row(
@@ -1198,11 +1191,8 @@ fn table(
     row(
         "this benchmark's own CPU (its creates, watches and polling share the cores): scale run; the plane alone's run, then the writes alone's, beneath".into(),
         &|r| {
-            let mut cell = format!("{:.1} s<br>alone: {:.1} s", r.bench_cpu_scale, plane_only.bench_cpu);
-            for (label, w) in writes_only {
-                cell += &format!("<br>writes alone, {label}: {:.1} s", w.bench_cpu);
-            }
-            cell
+            let secs = |n: &NoOperator| format!("{:.1} s", n.bench_cpu);
+            beneath(format!("{:.1} s", r.bench_cpu_scale), &secs)
         },
         "",
     );
