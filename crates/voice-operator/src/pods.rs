@@ -316,7 +316,16 @@ pub fn watch(
         .page_size(100);
     watcher::watcher(api, wc)
         .default_backoff()
-        .filter_map(|event| futures::future::ready(event.ok()))
+        .filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(event) => Some(event),
+                Err(e) => {
+                    // The watcher retries with backoff; meanwhile problems may be stale.
+                    tracing::warn!(error = %e, "pod watch failed; pod problems may be stale until it recovers");
+                    None
+                }
+            })
+        })
         .flat_map(move |event| futures::stream::iter(problems.take(&event)))
 }
 
