@@ -3,6 +3,7 @@
 //! gateway Service), so one dashboard JSON serves every pipeline once imported.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -47,17 +48,44 @@ fn row(id: u32, title: &str, y: u32) -> Value {
            "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}, "panels": []})
 }
 
-/// The dashboard JSON model.
-pub fn dashboard_json(v: &Validated) -> Value {
-    let gpu = match (
-        &v.spec.observability.prometheus_rule.gpu_selector,
-        v.riva_managed(),
-    ) {
-        (Some(sel), _) => sel.clone(),
-        (None, true) => r#"exported_namespace="$namespace",exported_pod=~"$riva-.*""#.into(),
-        // External Riva: its GPUs are not this pipeline's to pick; show them all, as the seed did.
-        (None, false) => String::new(),
-    };
+/// What the panels depend on. They read the namespace and the pipeline from the dashboard's
+/// variables, so every pipeline with the same GPU selector and the same kind of Riva has the
+/// same panels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PanelsKey {
+    /// The DCGM series' label matchers (without braces).
+    gpu: String,
+    /// Riva/Triton panels too.
+    riva_managed: bool,
+}
+
+impl PanelsKey {
+    fn of(v: &Validated) -> Self {
+        let riva_managed = v.riva_managed();
+        let gpu = match (
+            &v.spec.observability.prometheus_rule.gpu_selector,
+            riva_managed,
+        ) {
+            (Some(sel), _) => sel.clone(),
+            (None, true) => r#"exported_namespace="$namespace",exported_pod=~"$riva-.*""#.into(),
+            // External Riva: its GPUs are not this pipeline's to pick; show them all, as the seed did.
+            (None, false) => String::new(),
+        };
+        PanelsKey { gpu, riva_managed }
+    }
+}
+
+/// The dashboard JSON model, whole: what [`dashboard_text`] writes, as a value the tests read.
+#[cfg(test)]
+fn dashboard_json(v: &Validated) -> Value {
+    let mut d = dashboard_without_panels(v);
+    d["panels"] = Value::Array(panels(&PanelsKey::of(v)));
+    d
+}
+
+/// The dashboard's panels.
+fn panels(key: &PanelsKey) -> Vec<Value> {
+    let gpu = &key.gpu;
     let e2e = "voice_gateway_e2e_latency_seconds";
     let mut panels = vec![
         row(1, "Latency", 0),
@@ -258,7 +286,7 @@ pub fn dashboard_json(v: &Validated) -> Value {
             )],
         ),
     ];
-    if v.riva_managed() {
+    if key.riva_managed {
         panels.extend([
             row(16, "Riva / Triton", 37),
             panel(17, "Inference requests", "timeseries", "reqps", (0, 38, 8, 8), vec![
@@ -283,6 +311,11 @@ pub fn dashboard_json(v: &Validated) -> Value {
             ]),
         ]);
     }
+    panels
+}
+
+/// The dashboard JSON model but its panels: what names this pipeline.
+fn dashboard_without_panels(v: &Validated) -> Value {
     let var = |name: &str, label: &str, query: String, current: String| {
         json!({"name": name, "label": label, "type": "query",
                "datasource": {"type": "prometheus", "uid": "${datasource}"},
@@ -323,9 +356,47 @@ pub fn dashboard_json(v: &Validated) -> Value {
         "refresh": "30s",
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": vars},
-        "panels": panels,
     })
 }
+
+/// The dashboard as compact JSON text: `serde_json::to_string(&dashboard_json(v))`, with the
+/// panels' text (most of it) serialized once per [`PanelsKey`] instead of once per pipeline
+/// and pass. Building and serializing the panels was a tenth of the operator's CPU in the
+/// 1,000-pipeline run (BENCHMARKS.md, "Fifteenth session").
+fn dashboard_text(v: &Validated) -> String {
+    let rest = serde_json::to_string(&dashboard_without_panels(v)).expect("JSON values serialize");
+    let panels = panels_text(&PanelsKey::of(v));
+    // serde_json writes an object's keys in order, and "panels" sorts before every other key.
+    let rest = rest.strip_prefix('{').expect("an object");
+    let sep = if rest == "}" { "" } else { "," };
+    format!("{{\"panels\":{panels}{sep}{rest}")
+}
+
+/// The panels' JSON text, from a small cache: pipelines share a handful of keys, and a
+/// user-written GPU selector cannot grow it past [`PANELS_KEPT`].
+fn panels_text(key: &PanelsKey) -> Arc<str> {
+    static CACHE: Mutex<Vec<(PanelsKey, Arc<str>)>> = Mutex::new(Vec::new());
+    if let Some((_, text)) = CACHE
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .find(|(k, _)| k == key)
+    {
+        return text.clone();
+    }
+    let text: Arc<str> = serde_json::to_string(&panels(key))
+        .expect("JSON values serialize")
+        .into();
+    let mut cache = CACHE.lock().expect("not poisoned");
+    if cache.len() >= PANELS_KEPT {
+        cache.remove(0);
+    }
+    cache.push((key.clone(), text.clone()));
+    text
+}
+
+/// Distinct panel sets kept by [`panels_text`].
+const PANELS_KEPT: usize = 8;
 
 /// Stable Grafana uid (at most 40 characters) of a pipeline's dashboard.
 fn dashboard_uid(v: &Validated) -> String {
@@ -350,7 +421,7 @@ pub fn build_dashboard(v: &Validated) -> Option<ConfigMap> {
     // watch event. Pretty-printed, the minimal example's dashboard was 15.0 kB instead of
     // 9.4 kB, and its apply cost kube-apiserver 3.4-3.9 ms of CPU instead of 2.4-2.6 ms
     // (BENCHMARKS.md, "What each write costs the API server").
-    let json = serde_json::to_string(&dashboard_json(v)).expect("JSON values serialize");
+    let json = dashboard_text(v);
     Some(ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -431,6 +502,44 @@ mod tests {
             .collect();
         let unique: std::collections::BTreeSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len(), "panel ids are unique: {ids:?}");
+    }
+
+    #[test]
+    fn the_text_is_the_json_model_with_shared_panels() {
+        let mut pipelines = vec![
+            testdata::managed(),
+            testdata::external(),
+            testdata::external_full(),
+        ];
+        // More GPU selectors than the cache keeps: an evicted key is built again, the same.
+        for i in 0..PANELS_KEPT + 2 {
+            let mut vp = testdata::managed();
+            vp.spec.observability.prometheus_rule.gpu_selector = Some(format!(r#"gpu="{i}""#));
+            pipelines.push(vp);
+        }
+        for round in 0..2 {
+            for vp in &pipelines {
+                let v = validate(vp).unwrap();
+                let text = dashboard_text(&v);
+                let model = serde_json::to_string(&dashboard_json(&v)).unwrap();
+                assert_eq!(text, model, "round {round}, {:?}", PanelsKey::of(&v));
+            }
+        }
+        // Two pipelines with one key share the panels and differ in what names them.
+        let mut other = testdata::managed();
+        other.metadata.name = Some("other".into());
+        let (a, b) = (
+            dashboard_json(&validate(&testdata::managed()).unwrap()),
+            dashboard_json(&validate(&other).unwrap()),
+        );
+        assert_eq!(a["panels"], b["panels"]);
+        assert_ne!(a["uid"], b["uid"]);
+        assert_ne!(a["templating"], b["templating"]);
+        let custom = dashboard_text(&validate(&pipelines[3]).unwrap());
+        assert!(
+            custom.contains(r#"DCGM_FI_DEV_GPU_UTIL{gpu=\"0\"}"#),
+            "{custom}"
+        );
     }
 
     #[test]
