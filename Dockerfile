@@ -6,7 +6,8 @@
 #   docker build --target sim      -t voice-sim      .
 # Final images are distroless (glibc, CA certificates, no shell) and run as the non-root user
 # 65532; they expect a read-only root filesystem. Protobuf code is generated with a vendored
-# protoc, so the builder needs nothing beyond Rust.
+# protoc, and the operator's allocator (jemalloc) is built with the rust image's C toolchain, so
+# the builder needs nothing beyond that image.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
