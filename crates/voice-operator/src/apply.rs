@@ -312,7 +312,9 @@ impl Applier {
             serde_json::to_value(obj).map_err(|e| ApplyError::Serialize(e, kind.clone()))?;
         value["apiVersion"] = K::api_version(&()).into();
         value["kind"] = kind.clone().into();
-        let desired = hash_of(&value.to_string());
+        // The value's own hash: writing it out as JSON first escaped every string again
+        // (a dashboard's ~10 kB of text) on every pass.
+        let desired = hash_of(&value);
         let key = (kind.clone(), ns.clone(), name.clone());
         let prev = self.seen.lock().expect("not poisoned").get(&key).cloned();
         let child_ref = kube::runtime::reflector::ObjectRef::new(&name).within(&ns);
