@@ -386,8 +386,15 @@ pub fn compute(
         };
         cond(CONDITION_READY, false, &c.reason, c.message.clone())
     };
+    // Not stalled: either nothing is left to do (a ready pipeline), or the work goes on.
     let stalled = match &stalled_cause {
         Some((reason, message)) => cond(CONDITION_STALLED, true, reason, message.clone()),
+        None if ready_ok => cond(
+            CONDITION_STALLED,
+            false,
+            "Idle",
+            "nothing blocks the pipeline",
+        ),
         None => cond(
             CONDITION_STALLED,
             false,
@@ -530,6 +537,8 @@ mod tests {
         assert_eq!(get(&s, "Ready").status, "True");
         assert_eq!(get(&s, "Reconciling").status, "False");
         assert_eq!(get(&s, "Stalled").status, "False");
+        // Nothing is in progress, so the status does not say so.
+        assert_eq!(get(&s, "Stalled").reason, "Idle");
         assert_eq!(s.observed_generation, Some(1));
         assert_eq!(s.gateway.as_ref().unwrap().ready, "2/2");
         assert_eq!(s.riva.as_ref().unwrap().ready, "1/1");
@@ -591,6 +600,7 @@ mod tests {
         assert_eq!(get(&s, "Reconciling").status, "True");
         assert_eq!(get(&s, "Reconciling").reason, "RollingOut");
         assert_eq!(get(&s, "Stalled").status, "False");
+        assert_eq!(get(&s, "Stalled").reason, "Progressing");
     }
 
     #[test]
