@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -15,7 +16,7 @@ use operator_tests::{
     wait_ready, wait_reason,
 };
 use serde_json::json;
-use test_support::{eventually, repo_root};
+use test_support::{Plane, eventually, repo_root};
 use voice_operator::controller::LeaderElection;
 use voice_operator::monitoring_crds::PrometheusRule;
 use voice_types::VoicePipeline;
@@ -196,28 +197,23 @@ async fn deploy_rbac_is_enough_and_two_replicas_share_a_lease() {
     let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
 }
 
-/// A pass that fails on the pipeline's own write (here its status: the operator runs with the
-/// deploy/ ClusterRole less `voicepipelines/status`) reaches the pipeline's owner as a Warning
-/// Event, not only the operator's log.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_status_write_the_api_server_refuses_is_an_event() {
-    let plane = plane();
-    let sa = "voice-operator-no-status";
+/// Installs the ClusterRole of `deploy/rbac.yaml` less `rule` (its exact text), bound to a new
+/// ServiceAccount `sa` in the operator's namespace: an operator whose RBAC misses one right (for
+/// example one upgraded without its new ClusterRole). Returns a client with that account's token.
+async fn operator_without(plane: &Plane, sa: &str, rule: &str) -> kube::Client {
     let rbac = std::fs::read_to_string(repo_root().join("deploy/rbac.yaml")).unwrap();
+    assert!(rbac.contains(rule), "deploy/rbac.yaml has no rule\n{rule}");
     let cluster_role_and_binding: String = rbac
         .split("\n---\n")
         .take(2)
         .collect::<Vec<_>>()
         .join("\n---\n")
-        .replace(
-            "  - apiGroups: [voice.workflow.io]\n    resources: [voicepipelines/status]\n    verbs: [patch]\n",
-            "",
-        )
+        .replace(rule, "")
         .replace("name: voice-operator\n", &format!("name: {sa}\n"));
     assert!(
-        !cluster_role_and_binding.contains("voicepipelines/status")
+        !cluster_role_and_binding.contains(rule)
             && cluster_role_and_binding.matches(sa).count() == 4,
-        "the ClusterRole less the status rule, and its binding to {sa} (names: role, binding, roleRef, subject):\n{cluster_role_and_binding}"
+        "the ClusterRole less the rule, and its binding to {sa} (names: role, binding, roleRef, subject):\n{cluster_role_and_binding}"
     );
     for args in [
         vec!["apply", "-f", "namespace.yaml"],
@@ -257,9 +253,22 @@ async fn a_status_write_the_api_server_refuses_is_an_event() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    plane.service_account_client(OPERATOR_NS, sa).await
+}
 
+/// A pass that fails on the pipeline's own write (here its status: the operator runs with the
+/// deploy/ ClusterRole less `voicepipelines/status`) reaches the pipeline's owner as a Warning
+/// Event, not only the operator's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_write_the_api_server_refuses_is_an_event() {
+    let plane = plane();
+    let client = operator_without(
+        plane,
+        "voice-operator-no-status",
+        "  - apiGroups: [voice.workflow.io]\n    resources: [voicepipelines/status]\n    verbs: [patch]\n",
+    )
+    .await;
     let ns = plane.namespace("no-status").await;
-    let client = plane.service_account_client(OPERATOR_NS, sa).await;
     let op = Operator::start(client, &[&ns.name]).await;
     apply_ok(plane, &ns.name, &example("minimal.yaml"));
     let events: Api<Event> = Api::namespaced(ns.client.clone(), &ns.name);
@@ -279,5 +288,50 @@ async fn a_status_write_the_api_server_refuses_is_an_event() {
         "{note}"
     );
     // The pipeline is gone with its namespace; its status was never written.
+    op.stop().await.unwrap();
+}
+
+/// Without the pods rule (an operator upgraded without its new ClusterRole), the pod watch is
+/// refused, and the operator retries it and logs a warning. Everything else goes on: pipelines
+/// become Ready, the operator is ready, and drift is undone. Only the pods' problems are
+/// missing from the status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_pods_rule_pipelines_still_become_ready() {
+    let plane = plane();
+    let client = operator_without(
+        plane,
+        "voice-operator-no-pods",
+        "  - apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [list, watch]\n",
+    )
+    .await;
+    let ns = plane.namespace("no-pods").await;
+    // The account really may not read the pods.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    match pods.list(&ListParams::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+        other => panic!("pods readable without the pods rule: {other:?}"),
+    }
+    let op = Operator::start(client, &[&ns.name]).await;
+    apply_ok(plane, &ns.name, &example("minimal.yaml"));
+    let api: Api<VoicePipeline> = Api::namespaced(ns.client.clone(), &ns.name);
+    let vp = wait_ready(&api, "demo", TIMEOUT).await;
+    assert_eq!(condition(&vp, "GatewayAvailable").unwrap().0, "True");
+    assert_eq!(op.admin_get("/readyz").await.0, 200);
+    // The controller still watches the children: a scaled gateway is put back.
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    let scaled = json!({"spec": {"replicas": 4}});
+    deployments
+        .patch(
+            "demo-gateway",
+            &PatchParams::default(),
+            &Patch::Merge(&scaled),
+        )
+        .await
+        .unwrap();
+    eventually(TIMEOUT, || async {
+        let d = deployments.get("demo-gateway").await.ok()?;
+        (d.metadata.generation >= Some(2) && d.spec?.replicas == Some(1)).then_some(())
+    })
+    .await;
     op.stop().await.unwrap();
 }
