@@ -278,6 +278,15 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, R
         }
     }
 
+    // A dashboard whose apply failed stays where it was: it still serves, and the status keeps
+    // saying where, for the next pass and the finalizer. (Deleting it as "moved" would take a
+    // working dashboard away on a transient error.)
+    if matches!(observed.dashboards, Outcome::Failed(_)) {
+        observed.dashboards_namespace = vp
+            .status
+            .as_ref()
+            .and_then(|s| s.dashboards_namespace.clone());
+    }
     // A dashboard that moved or was switched off: remove the old one.
     if let Some(old_ns) = &foreign_before
         && (Some(old_ns) != observed.dashboards_namespace.as_ref())
@@ -376,8 +385,13 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     let dash_name = v.child_name(Component::Dashboards);
     let alerts = v.child_name(Component::Alerts);
 
-    // Core: gateway and Riva.
+    // Core: gateway and Riva. Each component's rollout is kept even when another child's apply
+    // failed: the status then names the failure without saying a serving gateway is gone.
     let core = async {
+        let rollout_of = |d: Result<Option<Arc<Deployment>>, ApplyError>| match d {
+            Ok(d) => (d.map(|d| Rollout::of(&d)), None),
+            Err(e) => (None, Some(e)),
+        };
         let riva_fut = async {
             match (&riva_deployment, &riva_service) {
                 (Some(d), Some(svc)) => {
@@ -385,10 +399,11 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
                         lane.apply(svc, "riva", &owner),
                         a.apply(d, "riva", Some(&s.deployments))
                     );
-                    let pending = svc? == LaneOutcome::Pending;
-                    Ok::<_, ApplyError>((d?.map(|d| Rollout::of(&d)), pending))
+                    let (rollout, d_err) = rollout_of(d);
+                    let pending = matches!(svc, Ok(LaneOutcome::Pending));
+                    (rollout, pending, svc.err().or(d_err))
                 }
-                _ => Ok((None, false)),
+                _ => (None, false, None),
             }
         };
         let pdb_fut = async {
@@ -403,13 +418,15 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
                 lane.apply(&gateway_service, "gateway", &owner),
                 a.apply(&gateway_deployment, "gateway", Some(&s.deployments))
             );
-            cm?;
-            let pending = svc? == LaneOutcome::Pending;
-            Ok::<_, ApplyError>((d?.map(|d| Rollout::of(&d)), pending))
+            let (rollout, d_err) = rollout_of(d);
+            let pending = matches!(svc, Ok(LaneOutcome::Pending));
+            (rollout, pending, cm.err().or(svc.err()).or(d_err))
         };
-        let (riva_rollout, pdb, gateway_rollout) = futures::join!(riva_fut, pdb_fut, gateway_fut);
-        let (riva_rollout, riva_pending) = riva_rollout?;
-        let (gateway_rollout, gateway_pending) = gateway_rollout?;
+        let (
+            (riva_rollout, riva_pending, riva_err),
+            pdb,
+            (gateway_rollout, gateway_pending, gateway_err),
+        ) = futures::join!(riva_fut, pdb_fut, gateway_fut);
         let pending: Vec<String> = [
             (gateway_pending, gw.as_str()),
             (riva_pending, riva.as_str()),
@@ -418,28 +435,33 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         .filter(|&(pending, _)| pending)
         .map(|(_, name)| name.to_string())
         .collect();
-        pdb?;
-        // Children of switched-off components.
-        let deployments: Vec<&str> = [
-            Some(gw.as_str()),
-            riva_deployment.as_ref().map(|_| riva.as_str()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let both = [gw.as_str(), riva.as_str()];
-        a.delete_orphans(&s.deployments, ns, &v.name, &both, &deployments)
-            .await?;
-        a.delete_orphans(&s.services, ns, &v.name, &both, &deployments)
-            .await?;
-        let pdbs: Vec<&str> = gateway_pdb
-            .as_ref()
-            .map(|_| gw.as_str())
-            .into_iter()
-            .collect();
-        a.delete_orphans(&s.pdbs, ns, &v.name, &[gw.as_str()], &pdbs)
-            .await?;
-        Ok::<_, ApplyError>((gateway_rollout, riva_rollout, pending))
+        let mut error = riva_err.or(gateway_err).or(pdb.err());
+        if error.is_none() {
+            // Children of switched-off components, once everything wanted is in place.
+            let orphans = async {
+                let deployments: Vec<&str> = [
+                    Some(gw.as_str()),
+                    riva_deployment.as_ref().map(|_| riva.as_str()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                let both = [gw.as_str(), riva.as_str()];
+                a.delete_orphans(&s.deployments, ns, &v.name, &both, &deployments)
+                    .await?;
+                a.delete_orphans(&s.services, ns, &v.name, &both, &deployments)
+                    .await?;
+                let pdbs: Vec<&str> = gateway_pdb
+                    .as_ref()
+                    .map(|_| gw.as_str())
+                    .into_iter()
+                    .collect();
+                a.delete_orphans(&s.pdbs, ns, &v.name, &[gw.as_str()], &pdbs)
+                    .await
+            };
+            error = orphans.await.err();
+        }
+        (gateway_rollout, riva_rollout, pending, error)
     };
 
     // Monitoring: only the kinds the API server serves.
@@ -537,14 +559,11 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
         dashboards_namespace: None,
         services_pending: vec![],
     };
-    match core {
-        Ok((gateway, riva, pending)) => {
-            obs.gateway = gateway;
-            obs.riva = riva;
-            obs.services_pending = pending;
-        }
-        Err(e) => obs.error = Some(pass_error(&e)),
-    }
+    let (gateway, riva, pending, core_error) = core;
+    obs.gateway = gateway;
+    obs.riva = riva;
+    obs.services_pending = pending;
+    obs.error = core_error.as_ref().map(pass_error);
     obs.monitoring = match monitoring {
         Err(e) if e.is_not_found() => {
             // The CRD went away since discovery looked: say so; discovery looks again.

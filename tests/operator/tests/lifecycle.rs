@@ -13,7 +13,7 @@ use operator_tests::{
     Operator, apply_ok, bind_volume, condition, example, plane, wait_for, wait_ready,
 };
 use serde_json::json;
-use test_support::eventually;
+use test_support::{Plane, eventually};
 use voice_operator::monitoring_crds::{PrometheusRule, ServiceMonitor};
 use voice_types::VoicePipeline;
 
@@ -288,4 +288,297 @@ async fn admin_endpoints_tell_the_truth() {
     })
     .await;
     op.stop().await.unwrap();
+}
+
+/// An operator that restarts (an upgrade, a leader failover) finds its pipelines as it left
+/// them. Its first pass re-applies each child (it keeps no memory across restarts, and a new
+/// version may build them differently), which changes nothing that is already as desired. Those
+/// passes may run while its caches are still listing, and still no pipeline's status is
+/// rewritten, `Ready` does not flap, and no child changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_changes_nothing_for_ready_pipelines() {
+    const PIPELINES: usize = 6;
+    let plane = plane();
+    let ns = plane.namespace("restart").await;
+    let c = ns.client.clone();
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    let first = Operator::start(c.clone(), &[&ns.name]).await;
+    let names: Vec<String> = (0..PIPELINES).map(|i| format!("demo-{i}")).collect();
+    for name in &names {
+        apply_ok(
+            plane,
+            &ns.name,
+            &example("minimal.yaml").replace("name: demo\n", &format!("name: {name}\n")),
+        );
+    }
+    for name in &names {
+        wait_ready(&api, name, TIMEOUT).await;
+    }
+    first.stop().await.unwrap();
+    // Every object's version, and when each pipeline became Ready, as the first operator left them.
+    let state = || async {
+        let mut versions = BTreeMap::new();
+        for vp in api.list(&Default::default()).await.unwrap() {
+            let since = vp.status.as_ref().unwrap().condition("Ready").unwrap();
+            let ready = (since.status.clone(), since.last_transition_time.clone());
+            versions.insert(
+                format!("vp/{}", vp.name_any()),
+                (vp.resource_version(), Some(ready)),
+            );
+        }
+        for children in [
+            versions_of::<ConfigMap>(&c, &ns.name).await,
+            versions_of::<Deployment>(&c, &ns.name).await,
+            versions_of::<Service>(&c, &ns.name).await,
+            versions_of::<ServiceMonitor>(&c, &ns.name).await,
+            versions_of::<PrometheusRule>(&c, &ns.name).await,
+        ] {
+            versions.extend(children.into_iter().map(|(k, rv)| (k, (rv, None))));
+        }
+        versions
+    };
+    let before = state().await;
+    assert!(
+        before.len() > PIPELINES * 6,
+        "pipelines and their children: {before:?}"
+    );
+
+    let second = Operator::start(c.clone(), &[&ns.name]).await;
+    // Every pipeline has had its first pass: each re-applied its children once.
+    eventually(TIMEOUT, || async {
+        let writes = second.metric("voice_operator_api_writes_total").await;
+        (writes >= (PIPELINES * 6) as f64).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = state().await;
+    let changed: Vec<_> = before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: {v:?} -> {:?}", after.get(k)))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "changed by the restarted operator:\n{}",
+        changed.join("\n")
+    );
+    second.stop().await.unwrap();
+}
+
+/// A dashboard in another namespace whose re-apply the API server refuses (here an admission
+/// policy that freezes ConfigMap updates there) stays as it is: `DashboardsConfigured` says
+/// why, the dashboard is neither deleted nor replaced, and the status still says where it is.
+/// Once updates are allowed again, the change lands on the same object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dashboard_update_keeps_the_dashboard() {
+    let plane = plane();
+    let ns = plane.namespace("dash-keep").await;
+    let dash_ns = plane.namespace("dash-frozen").await;
+    let c = ns.client.clone();
+    let op = Operator::start_full(c.clone(), &[&ns.name], &[&dash_ns.name], None).await;
+    let pipeline = |labels: &str| {
+        format!(
+            "{}  observability:\n    dashboards:\n      namespace: {}\n      labels: {{{labels}}}\n",
+            example("minimal.yaml"),
+            dash_ns.name
+        )
+    };
+    apply_ok(plane, &ns.name, &pipeline("grafana_dashboard: \"1\""));
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&api, "demo", TIMEOUT).await;
+    let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &dash_ns.name);
+    let name = format!("voice-dashboard-{}-demo", ns.name);
+    let uid = dashboards.get(&name).await.unwrap().uid();
+
+    // Freeze ConfigMap updates in the dashboards' namespace.
+    let policy = format!("freeze-configmaps-{}", dash_ns.name);
+    refuse(plane, &policy, &dash_ns.name, "", "configmaps", "[UPDATE]");
+    // Until the policy is in force: a label change is refused.
+    let probe = json!({"metadata": {"labels": {"probe": "1"}}});
+    eventually(TIMEOUT, || async {
+        dashboards
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&probe))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+
+    // A spec change the dashboard must follow: a label more.
+    apply_ok(
+        plane,
+        &ns.name,
+        &pipeline("grafana_dashboard: \"1\", team: voice"),
+    );
+    let vp = wait_for(&api, "demo", TIMEOUT, "DashboardsConfigured=False", |vp| {
+        condition(vp, "DashboardsConfigured").is_some_and(|c| c.0 == "False")
+    })
+    .await;
+    let (_, reason, message) = condition(&vp, "DashboardsConfigured").unwrap();
+    assert!(message.contains(&policy), "{reason}: {message}");
+    // Passes go on (retries with backoff); the dashboard stays, unchanged.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cm = dashboards.get(&name).await.unwrap();
+    assert_eq!(cm.uid(), uid, "the dashboard was deleted and made again");
+    assert!(!cm.labels().contains_key("team"));
+    let vp = api.get("demo").await.unwrap();
+    assert_eq!(
+        vp.status.unwrap().dashboards_namespace.as_deref(),
+        Some(dash_ns.name.as_str())
+    );
+
+    // Thawed: the change lands on the same dashboard.
+    allow_again(plane, &policy);
+    wait_ready(&api, "demo", TIMEOUT).await;
+    eventually(TIMEOUT, || async {
+        let cm = dashboards.get(&name).await.ok()?;
+        (cm.labels().get("team").map(String::as_str) == Some("voice")).then_some(cm)
+    })
+    .await;
+    assert_eq!(dashboards.get(&name).await.unwrap().uid(), uid);
+    op.stop().await.unwrap();
+}
+
+/// An admission policy a cluster may have: a ValidatingAdmissionPolicy and its binding that
+/// refuse `operations` (e.g. `[UPDATE]`) on `resource` of `group` ("" for core) in namespace
+/// `target`.
+fn refuse(
+    plane: &Plane,
+    policy: &str,
+    target: &str,
+    group: &str,
+    resource: &str,
+    operations: &str,
+) {
+    let yaml = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - {{apiGroups: ["{group}"], apiVersions: ["*"], operations: {operations}, resources: [{resource}]}}
+  validations:
+    - {{expression: "false", message: "refused by the policy {policy}"}}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{kubernetes.io/metadata.name: {target}}}
+"#
+    );
+    apply_ok(plane, target, &yaml);
+}
+
+/// Removes what [`refuse`] made.
+fn allow_again(plane: &Plane, policy: &str) {
+    let out = plane
+        .kubectl()
+        .args([
+            "delete",
+            "validatingadmissionpolicybinding,validatingadmissionpolicy",
+            policy,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A child of the gateway that the API server refuses (here its PodDisruptionBudget, by an
+/// admission policy) fails the pass and `Ready` names it, but the status still shows the
+/// gateway as it is: its Deployment applied and its pods available.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_child_does_not_hide_a_serving_gateway() {
+    let plane = plane();
+    let ns = plane.namespace("pdb-refused").await;
+    let c = ns.client.clone();
+    let op = Operator::start(c.clone(), &[&ns.name]).await;
+    apply_ok(plane, &ns.name, &example("minimal.yaml"));
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&api, "demo", TIMEOUT).await;
+    let policy = format!("refuse-pdbs-{}", ns.name);
+    refuse(
+        plane,
+        &policy,
+        &ns.name,
+        "policy",
+        "poddisruptionbudgets",
+        "[CREATE, UPDATE]",
+    );
+    // Until the policy is in force: a dry-run PDB is refused.
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(c.clone(), &ns.name);
+    let probe: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "probe"},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"probe": "1"}}}
+    }))
+    .unwrap();
+    let dry_run = kube::api::PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    eventually(TIMEOUT, || async {
+        pdbs.create(&dry_run, &probe).await.is_err().then_some(())
+    })
+    .await;
+
+    // Two replicas: the gateway scales, its PDB is refused.
+    let two = json!({"spec": {"gateway": {"replicas": 2}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&two))
+        .await
+        .unwrap();
+    let vp = wait_for(
+        &api,
+        "demo",
+        TIMEOUT,
+        "refused PDB named, gateway 2/2",
+        |vp| {
+            let gateway = vp.status.as_ref().and_then(|s| s.gateway.as_ref());
+            condition(vp, "Ready").is_some_and(|r| r.0 == "False" && r.2.contains(&policy))
+                && condition(vp, "GatewayAvailable").is_some_and(|g| g.0 == "True")
+                && gateway.is_some_and(|g| g.ready == "2/2" && g.ready_replicas == 2)
+        },
+    )
+    .await;
+    assert_eq!(
+        vp.status.as_ref().unwrap().observed_generation,
+        vp.metadata.generation
+    );
+
+    allow_again(plane, &policy);
+    wait_ready(&api, "demo", TIMEOUT).await;
+    pdbs.get("demo-gateway").await.unwrap();
+    op.stop().await.unwrap();
+}
+
+/// `Kind/name` and resourceVersion of every object of kind `K` in `ns`.
+async fn versions_of<K>(client: &kube::Client, ns: &str) -> Vec<(String, Option<String>)>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .list_metadata(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|m| {
+            (
+                format!("{}/{}", K::kind(&()), m.name_any()),
+                m.metadata.resource_version,
+            )
+        })
+        .collect()
 }
