@@ -599,8 +599,10 @@ pub struct PrometheusRuleSpec {
 
     /// PromQL label matchers selecting this pipeline's GPUs in DCGM exporter series, e.g.
     /// `Hostname=~"gpu-node-.*",gpu="0"`. Default, when Riva is managed:
-    /// `exported_namespace="<ns>",exported_pod=~"<name>-riva-.*"` (the labels dcgm-exporter
-    /// writes for the pod using a GPU, renamed by Prometheus because the scrape target has its own).
+    /// `exported_namespace="<ns>",exported_pod=~"<name>-riva-[a-z0-9]+-[a-z0-9]+"` (the
+    /// labels dcgm-exporter writes for the pod using a GPU, renamed by Prometheus because the
+    /// scrape target has its own; the pods of the Riva Deployment, not those of a pipeline
+    /// named `<name>-riva`).
     /// With an external Riva and no selector, there is no GPU alert and the dashboard shows
     /// every GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]

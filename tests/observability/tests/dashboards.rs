@@ -203,7 +203,7 @@ fn every_query_parses_and_names_the_seeds_metrics() {
                 }
                 // DCGM series of this pipeline's Riva pods only.
                 assert!(
-                    all.contains(r#"exported_namespace="voice",exported_pod=~"voice-riva-.*""#),
+                    all.contains(r#"exported_namespace="voice",exported_pod=~"voice-riva-[a-z0-9]+-[a-z0-9]+""#),
                     "{ex}: GPU selector"
                 );
             }

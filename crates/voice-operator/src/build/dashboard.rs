@@ -67,7 +67,10 @@ impl PanelsKey {
             riva_managed,
         ) {
             (Some(sel), _) => sel.clone(),
-            (None, true) => r#"exported_namespace="$namespace",exported_pod=~"$riva-.*""#.into(),
+            (None, true) => {
+                r#"exported_namespace="$namespace",exported_pod=~"$riva-[a-z0-9]+-[a-z0-9]+""#
+                    .into()
+            }
             // External Riva: its GPUs are not this pipeline's to pick; show them all, as the seed did.
             (None, false) => String::new(),
         };

@@ -86,8 +86,10 @@ pub fn gpu_selector(v: &Validated) -> String {
         .gpu_selector
         .clone()
         .unwrap_or_else(|| {
+            // The Riva Deployment's pods: its name, the template's hash and a suffix. Not
+            // `<riva>-.*`, which also matches the Riva pods of a pipeline named `<name>-riva`.
             format!(
-                r#"exported_namespace="{}",exported_pod=~"{}-.*""#,
+                r#"exported_namespace="{}",exported_pod=~"{}-[a-z0-9]+-[a-z0-9]+""#,
                 v.namespace,
                 v.child_name(Component::Riva)
             )
