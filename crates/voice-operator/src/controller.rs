@@ -726,17 +726,31 @@ async fn finalize(
         .collect();
     namespaces.extend(foreign_dashboards_ns(vp));
     namespaces.dedup();
+    let placed = vp
+        .status
+        .as_ref()
+        .and_then(|s| s.dashboards_namespace.as_deref());
     for ns in namespaces {
-        if let Err(e) = ctx.applier.delete::<ConfigMap>(&ns, &name).await {
-            publish(
-                ctx,
-                vp,
-                EventType::Warning,
-                e.reason(),
-                &format!("cannot remove the dashboard: {e}"),
-            )
-            .await;
-            return Err(e.into());
+        match ctx.applier.delete::<ConfigMap>(&ns, &name).await {
+            Ok(()) => {}
+            // A namespace the status never placed the dashboard in, and where the operator may
+            // not delete: it could not create it there either (e.g. a dashboards namespace
+            // outside the chart's `dashboardNamespaces`). Nothing of ours to remove, and the
+            // pipeline must not hang in deletion for it.
+            Err(e) if e.code() == Some(403) && placed != Some(ns.as_str()) => {
+                tracing::info!(namespace = %ns, name = %name, "no dashboard to remove where the operator may not delete");
+            }
+            Err(e) => {
+                publish(
+                    ctx,
+                    vp,
+                    EventType::Warning,
+                    e.reason(),
+                    &format!("cannot remove the dashboard: {e}"),
+                )
+                .await;
+                return Err(e.into());
+            }
         }
     }
     set_finalizer(vp, ctx, api, false).await?;

@@ -436,6 +436,14 @@ async fn a_refused_dashboard_update_keeps_the_dashboard() {
     })
     .await;
     assert_eq!(dashboards.get(&name).await.unwrap().uid(), uid);
+    // Deleted while the operator runs (the dashboard's finalizer): the dashboard goes too.
+    api.delete("demo", &DeleteParams::default()).await.unwrap();
+    eventually(TIMEOUT, || async {
+        let gone = api.get_opt("demo").await.ok()?.is_none()
+            && dashboards.get_opt(&name).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
     op.stop().await.unwrap();
 }
 

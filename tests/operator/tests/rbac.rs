@@ -9,8 +9,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use operator_tests::{
     Operator, apply_ok, bind_volume, condition, ensure_namespace, example, plane, wait_for,
     wait_ready, wait_reason,
@@ -197,10 +197,11 @@ async fn deploy_rbac_is_enough_and_two_replicas_share_a_lease() {
     let _ = leases.delete(&lease_name, &DeleteParams::default()).await;
 }
 
-/// Installs the ClusterRole of `deploy/rbac.yaml` less `rule` (its exact text), bound to a new
-/// ServiceAccount `sa` in the operator's namespace: an operator whose RBAC misses one right (for
-/// example one upgraded without its new ClusterRole). Returns a client with that account's token.
-async fn operator_without(plane: &Plane, sa: &str, rule: &str) -> kube::Client {
+/// Installs the ClusterRole of `deploy/rbac.yaml` with `rule` (its exact text) replaced by
+/// `instead`, bound to a new ServiceAccount `sa` in the operator's namespace: an operator whose
+/// RBAC misses a right (for example one upgraded without its new ClusterRole). Returns a client
+/// with that account's token.
+async fn operator_without(plane: &Plane, sa: &str, rule: &str, instead: &str) -> kube::Client {
     let rbac = std::fs::read_to_string(repo_root().join("deploy/rbac.yaml")).unwrap();
     assert!(rbac.contains(rule), "deploy/rbac.yaml has no rule\n{rule}");
     let cluster_role_and_binding: String = rbac
@@ -208,7 +209,7 @@ async fn operator_without(plane: &Plane, sa: &str, rule: &str) -> kube::Client {
         .take(2)
         .collect::<Vec<_>>()
         .join("\n---\n")
-        .replace(rule, "")
+        .replace(rule, instead)
         .replace("name: voice-operator\n", &format!("name: {sa}\n"));
     assert!(
         !cluster_role_and_binding.contains(rule)
@@ -266,6 +267,7 @@ async fn a_status_write_the_api_server_refuses_is_an_event() {
         plane,
         "voice-operator-no-status",
         "  - apiGroups: [voice.workflow.io]\n    resources: [voicepipelines/status]\n    verbs: [patch]\n",
+        "",
     )
     .await;
     let ns = plane.namespace("no-status").await;
@@ -302,6 +304,7 @@ async fn without_the_pods_rule_pipelines_still_become_ready() {
         plane,
         "voice-operator-no-pods",
         "  - apiGroups: [\"\"]\n    resources: [pods]\n    verbs: [list, watch]\n",
+        "",
     )
     .await;
     let ns = plane.namespace("no-pods").await;
@@ -331,6 +334,64 @@ async fn without_the_pods_rule_pipelines_still_become_ready() {
     eventually(TIMEOUT, || async {
         let d = deployments.get("demo-gateway").await.ok()?;
         (d.metadata.generation >= Some(2) && d.spec?.replicas == Some(1)).then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}
+
+/// A pipeline whose dashboards namespace the operator may not write (like a Helm install whose
+/// `dashboardNamespaces` does not list it) says so in `DashboardsConfigured`, and still goes
+/// when deleted: the operator may not delete there either, but the status never placed a
+/// dashboard there, so the finalizer does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_namespace_the_operator_may_not_write_does_not_block_deletion() {
+    let plane = plane();
+    // ConfigMaps only where a Role grants them, as the chart does for its namespaces.
+    let client = operator_without(
+        plane,
+        "voice-operator-scoped-configmaps",
+        "    resources: [services, configmaps]\n",
+        "    resources: [services]\n",
+    )
+    .await;
+    let ns = plane.namespace("dash-forbidden").await;
+    let elsewhere = plane.namespace("dash-not-granted").await;
+    let role = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: voice-operator-configmaps}}
+rules:
+  - {{apiGroups: [""], resources: [configmaps], verbs: [list, watch, create, patch, delete]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: voice-operator-configmaps}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: voice-operator-configmaps}}
+subjects:
+  - {{kind: ServiceAccount, name: voice-operator-scoped-configmaps, namespace: {OPERATOR_NS}}}
+"#
+    );
+    apply_ok(plane, &ns.name, &role);
+    let op = Operator::start(client, &[&ns.name]).await;
+    let pipeline = format!(
+        "{}  observability:\n    dashboards:\n      namespace: {}\n",
+        example("minimal.yaml"),
+        elsewhere.name
+    );
+    apply_ok(plane, &ns.name, &pipeline);
+    let api: Api<VoicePipeline> = Api::namespaced(ns.client.clone(), &ns.name);
+    let vp = wait_reason(&api, "demo", "DashboardsConfigured", "ApplyFailed", TIMEOUT).await;
+    let (_, _, message) = condition(&vp, "DashboardsConfigured").unwrap();
+    assert!(message.contains("forbidden"), "{message}");
+    assert!(
+        vp.finalizers()
+            .iter()
+            .any(|f| f == "voice.workflow.io/dashboards")
+    );
+
+    api.delete("demo", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(30), || async {
+        api.get_opt("demo").await.ok()?.is_none().then_some(())
     })
     .await;
     op.stop().await.unwrap();
