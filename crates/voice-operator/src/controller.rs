@@ -91,6 +91,40 @@ pub struct MonitoringKinds {
     pub service_monitors: AtomicBool,
     /// `prometheusrules.monitoring.coreos.com` is served.
     pub prometheus_rules: AtomicBool,
+    /// Discovery has answered once (or failed once): until then the two flags above say
+    /// nothing.
+    pub discovered: AtomicBool,
+}
+
+/// Holds back the passes of a newly started controller until its child caches have listed
+/// and discovery has answered: a pass before that takes an existing Service for one to create
+/// (`CreatingService`) or the monitoring kinds for missing, and a healthy pipeline's `Ready`
+/// flaps on every restart or leader change. Opens anyway after [`SYNC_WAIT_MAX`], so a cache
+/// that cannot list (a missing right) does not stop the operator.
+#[derive(Debug)]
+pub struct SyncGate {
+    children_listed: AtomicBool,
+    since: Instant,
+}
+
+/// The longest [`SyncGate`] holds passes back.
+const SYNC_WAIT_MAX: Duration = Duration::from_secs(30);
+/// How soon a held-back pass is tried again.
+const SYNC_RETRY: Duration = Duration::from_millis(200);
+
+impl SyncGate {
+    fn new() -> Self {
+        Self {
+            children_listed: AtomicBool::new(false),
+            since: Instant::now(),
+        }
+    }
+
+    fn open(&self, monitoring: &MonitoringKinds) -> bool {
+        (self.children_listed.load(Ordering::Acquire)
+            && monitoring.discovered.load(Ordering::Acquire))
+            || self.since.elapsed() > SYNC_WAIT_MAX
+    }
 }
 
 /// The watch caches of the children.
@@ -145,6 +179,8 @@ pub struct Context {
     pub monitoring: Arc<MonitoringKinds>,
     /// Why the gateway's and Riva's pods do not start, where they do not.
     pub pod_problems: Arc<PodProblems>,
+    /// Passes wait until the caches of this controller's children have listed.
+    sync: Arc<SyncGate>,
     /// Consecutive failed passes per pipeline, for the retries' backoff.
     backoff: Arc<Backoff>,
     /// The status last written per pipeline (uid), and when: the watch cache can lag behind
@@ -208,6 +244,9 @@ async fn reconcile(
     guard: Arc<DeserializeGuard<VoicePipeline>>,
     ctx: Arc<Context>,
 ) -> Result<Action, ReconcileError> {
+    if !ctx.sync.open(&ctx.monitoring) {
+        return Ok(Action::requeue(SYNC_RETRY));
+    }
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = match &guard.0 {
@@ -1007,6 +1046,8 @@ async fn poll_monitoring_kinds(
             Err(kube::Error::Api(s)) if s.code == 404 => (false, false),
             Err(e) => {
                 tracing::warn!(error = %e, "discovery of monitoring.coreos.com failed");
+                // Passes go on without it (monitoring taken for absent) rather than wait.
+                kinds.discovered.store(true, Ordering::Release);
                 tokio::time::sleep(interval).await;
                 continue;
             }
@@ -1017,6 +1058,7 @@ async fn poll_monitoring_kinds(
         );
         kinds.service_monitors.store(sm, Ordering::Relaxed);
         kinds.prometheus_rules.store(pr, Ordering::Relaxed);
+        kinds.discovered.store(true, Ordering::Release);
         sm_tx.send_if_modified(|v| std::mem::replace(v, sm) != sm);
         pr_tx.send_if_modified(|v| std::mem::replace(v, pr) != pr);
         if before != (sm, pr) {
@@ -1119,13 +1161,15 @@ pub async fn run_on(
     } else {
         cfg.namespaces.iter().cloned().map(Some).collect()
     };
-    // Dashboard namespaces outside the watched ones: one watch each, shared by the controllers;
-    // a touched dashboard is routed to the controller of its pipeline's namespace.
+    // Dashboard namespaces: one watch each, shared by the controllers; a touched dashboard is
+    // routed to the controller of its pipeline's namespace. Also for a dashboard namespace that
+    // is watched for pipelines: that namespace's own ConfigMap watch hands a dashboard's events
+    // to its own controller, which does not hold the pipeline.
     let mut dashboard_stores = HashMap::new();
     let mut dashboard_streams = vec![];
     if !cfg.namespaces.is_empty() {
         for dns in &cfg.dashboard_namespaces {
-            if cfg.namespaces.contains(dns) || dashboard_stores.contains_key(dns) {
+            if dashboard_stores.contains_key(dns) {
                 continue;
             }
             let (store, stream) = reflect::<ConfigMap>(&client, Some(dns), &applier);
@@ -1178,6 +1222,7 @@ pub async fn run_on(
         };
         let backoff = Arc::new(Backoff::default());
         let pod_problems = Arc::new(PodProblems::default());
+        let sync = Arc::new(SyncGate::new());
         let pod_stream = pods::watch(&client, ns, pod_problems.clone());
         let ctx = Arc::new(Context {
             client: client.clone(),
@@ -1188,6 +1233,7 @@ pub async fn run_on(
             stores: stores.clone(),
             monitoring: kinds.clone(),
             pod_problems,
+            sync: sync.clone(),
             backoff: backoff.clone(),
             written: Default::default(),
             events: Default::default(),
@@ -1241,6 +1287,7 @@ pub async fn run_on(
                 until_ready(&stores.services).await;
                 until_ready(&stores.config_maps).await;
                 until_ready(&stores.pdbs).await;
+                sync.children_listed.store(true, Ordering::Release);
                 if synced_count.fetch_add(1, Ordering::SeqCst) + 1 == total {
                     health.synced.store(true, Ordering::Relaxed);
                     tracing::info!("watches synced");

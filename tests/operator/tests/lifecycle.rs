@@ -436,14 +436,7 @@ async fn a_refused_dashboard_update_keeps_the_dashboard() {
     })
     .await;
     assert_eq!(dashboards.get(&name).await.unwrap().uid(), uid);
-    // Deleted while the operator runs (the dashboard's finalizer): the dashboard goes too.
-    api.delete("demo", &DeleteParams::default()).await.unwrap();
-    eventually(TIMEOUT, || async {
-        let gone = api.get_opt("demo").await.ok()?.is_none()
-            && dashboards.get_opt(&name).await.ok()?.is_none();
-        gone.then_some(())
-    })
-    .await;
+    delete_with_its_dashboard(&api, "demo", &dashboards, &name).await;
     op.stop().await.unwrap();
 }
 
@@ -589,4 +582,56 @@ where
             )
         })
         .collect()
+}
+
+/// A dashboards namespace that the operator also watches for pipelines, and lists among its
+/// dashboard namespaces: a deleted dashboard there is back within seconds, as in any other
+/// dashboard namespace (its events reach the controller of the pipeline's namespace).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_in_another_watched_namespace_is_restored_at_once() {
+    let plane = plane();
+    let ns = plane.namespace("dash-home").await;
+    let dash_ns = plane.namespace("dash-watched").await;
+    let c = ns.client.clone();
+    let watched = [ns.name.as_str(), dash_ns.name.as_str()];
+    let op = Operator::start_full(c.clone(), &watched, &[&dash_ns.name], None).await;
+    let pipeline = format!(
+        "{}  observability:\n    dashboards:\n      namespace: {}\n",
+        example("minimal.yaml"),
+        dash_ns.name
+    );
+    apply_ok(plane, &ns.name, &pipeline);
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    wait_ready(&api, "demo", TIMEOUT).await;
+    let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &dash_ns.name);
+    let name = format!("voice-dashboard-{}-demo", ns.name);
+    let uid = dashboards.get(&name).await.unwrap().uid();
+    dashboards
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), || async {
+        let cm = dashboards.get_opt(&name).await.ok()??;
+        (cm.uid() != uid).then_some(())
+    })
+    .await;
+    delete_with_its_dashboard(&api, "demo", &dashboards, &name).await;
+    op.stop().await.unwrap();
+}
+
+/// Deletes pipeline `name` while the operator runs, and waits until it and its dashboard
+/// (`dashboard` in `dashboards`, removed by the pipeline's finalizer) are gone.
+async fn delete_with_its_dashboard(
+    api: &Api<VoicePipeline>,
+    name: &str,
+    dashboards: &Api<ConfigMap>,
+    dashboard: &str,
+) {
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(TIMEOUT, || async {
+        let gone = api.get_opt(name).await.ok()?.is_none()
+            && dashboards.get_opt(dashboard).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
 }
