@@ -102,7 +102,7 @@ pub struct MonitoringKinds {
 /// flaps on every restart or leader change. Opens anyway after [`SYNC_WAIT_MAX`], so a cache
 /// that cannot list (a missing right) does not stop the operator.
 #[derive(Debug)]
-pub struct SyncGate {
+struct SyncGate {
     children_listed: AtomicBool,
     since: Instant,
 }
