@@ -60,7 +60,7 @@ pub enum ApplyError {
     /// The API server refused or failed.
     #[error("{verb} {kind} {namespace}/{name}: {source}")]
     Api {
-        /// `apply` or `delete`.
+        /// `apply`, `list` or `delete`.
         verb: &'static str,
         /// Kind of the child.
         kind: String,

@@ -23,7 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -42,7 +42,8 @@ use crate::build::{Children, build};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::model::{
-    Component, DASHBOARD_FINALIZER, OPERATOR, ValidateError, Validated, owner_of, validate,
+    Component, DASHBOARD_FINALIZER, OPERATOR, ValidateError, Validated, belongs_to, dashboard_name,
+    legacy_dashboard_name, owner_of, validate,
 };
 use crate::monitoring_crds::{PrometheusRule, ServiceMonitor};
 use crate::pods::{self, PodProblems};
@@ -299,8 +300,8 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, R
     };
 
     // Dashboards outside the namespace need the finalizer before they exist.
-    let foreign_before = foreign_dashboards_ns(vp);
-    let needs_finalizer = v.dashboards_elsewhere() || foreign_before.is_some();
+    let foreign_before = foreign_dashboards(ctx, vp);
+    let needs_finalizer = v.dashboards_elsewhere() || !foreign_before.is_empty();
     if needs_finalizer && !vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER) {
         set_finalizer(vp, ctx, &api, true).await?;
     }
@@ -321,20 +322,25 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, R
     // saying where, for the next pass and the finalizer. (Deleting it as "moved" would take a
     // working dashboard away on a transient error.)
     if matches!(observed.dashboards, Outcome::Failed(_)) {
-        observed.dashboards_namespace = vp
-            .status
-            .as_ref()
-            .and_then(|s| s.dashboards_namespace.clone());
+        observed.dashboards_namespace = last_written(ctx, vp)
+            .or_else(|| vp.status.clone())
+            .and_then(|s| s.dashboards_namespace);
     }
-    // A dashboard that moved or was switched off: remove the old one.
-    if let Some(old_ns) = &foreign_before
-        && (Some(old_ns) != observed.dashboards_namespace.as_ref())
-        && let Err(e) = ctx
-            .applier
-            .delete::<ConfigMap>(old_ns, &v.child_name(Component::Dashboards))
-            .await
-    {
-        observed.aux_error.get_or_insert(pass_error(&e));
+    // A dashboard that moved or was switched off: remove the old one (also under its old name).
+    for old_ns in &foreign_before {
+        if Some(old_ns) == observed.dashboards_namespace.as_ref() {
+            continue;
+        }
+        let removed = async {
+            ctx.applier
+                .delete::<ConfigMap>(old_ns, &v.child_name(Component::Dashboards))
+                .await?;
+            let cache = ctx.stores.config_maps_of(old_ns, &ns);
+            remove_cached_legacy_dashboard(&ctx.applier, cache, old_ns, &v).await
+        };
+        if let Err(e) = removed.await {
+            observed.aux_error.get_or_insert(pass_error(&e));
+        }
     }
     if !needs_finalizer_after(&v, &observed)
         && vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER)
@@ -370,13 +376,47 @@ fn needs_finalizer_after(v: &Validated, o: &Observed) -> bool {
             .is_some_and(|d| d != &v.namespace)
 }
 
-fn foreign_dashboards_ns(vp: &VoicePipeline) -> Option<String> {
-    let ns = vp.namespace()?;
-    vp.status
-        .as_ref()?
-        .dashboards_namespace
-        .clone()
-        .filter(|d| *d != ns)
+/// The namespaces other than its own where the pipeline's dashboard may be, by the status:
+/// the one this process last wrote and the cached one. Both count: the cache may not have
+/// the last write yet (two quick moves would otherwise leave the middle dashboard behind),
+/// and this process may have written none (it just started).
+fn foreign_dashboards(ctx: &Context, vp: &VoicePipeline) -> Vec<String> {
+    let ns = vp.namespace().unwrap_or_default();
+    placed_elsewhere(&ns, [last_written(ctx, vp).as_ref(), vp.status.as_ref()])
+}
+
+/// The dashboards namespaces other than `ns` that `statuses` name, each once.
+fn placed_elsewhere(ns: &str, statuses: [Option<&VoicePipelineStatus>; 2]) -> Vec<String> {
+    let mut found: Vec<String> = statuses
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.dashboards_namespace.clone())
+        .filter(|d| d != ns)
+        .collect();
+    found.dedup();
+    found
+}
+
+/// Removes the dashboard that the cache of `dns` holds under its old name
+/// ([`legacy_dashboard_name`]) when it is labelled as `v`'s: another pipeline's may have had
+/// the same name. A lookup in the cache, so no request once it is gone.
+async fn remove_cached_legacy_dashboard(
+    applier: &Applier,
+    cache: Option<&Store<ConfigMap>>,
+    dns: &str,
+    v: &Validated,
+) -> Result<(), ApplyError> {
+    let legacy = legacy_dashboard_name(&v.namespace, &v.name);
+    let ours = cache
+        .and_then(|c| c.get(&ObjectRef::new(&legacy).within(dns)))
+        .is_some_and(|cm| {
+            belongs_to(cm.as_ref(), &v.namespace, &v.name)
+                && cm.metadata.deletion_timestamp.is_none()
+        });
+    if ours {
+        applier.delete::<ConfigMap>(dns, &legacy).await?;
+    }
+    Ok(())
 }
 
 fn pass_error(e: &ApplyError) -> PassError {
@@ -564,15 +604,19 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     };
 
     // Dashboards (maybe in another namespace) and the ConfigMaps' orphans.
+    // Once the dashboard is in place under its name, the one under its old name goes.
     let dashboards = async {
+        let legacy = legacy_dashboard_name(ns, &v.name);
         let mut keep = vec![gw.as_str()];
         let mut placed = None;
         if let Some(d) = &dashboard {
             let dns = d.namespace().unwrap_or_default();
-            a.ensure(d, "dashboards", s.config_maps_of(&dns, ns))
-                .await?;
+            let cache = s.config_maps_of(&dns, ns);
+            a.ensure(d, "dashboards", cache).await?;
             if dns == ns {
                 keep.push(dash_name.as_str());
+            } else {
+                remove_cached_legacy_dashboard(a, cache, &dns, v).await?;
             }
             placed = Some(dns);
         }
@@ -580,7 +624,7 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             &s.config_maps,
             ns,
             &v.name,
-            &[gw.as_str(), dash_name.as_str()],
+            &[gw.as_str(), dash_name.as_str(), legacy.as_str()],
             &keep,
         )
         .await?;
@@ -638,12 +682,16 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
 const WRITTEN_TRUST: Duration = Duration::from_secs(30);
 
 fn recently_written(ctx: &Context, vp: &VoicePipeline) -> Option<VoicePipelineStatus> {
+    // Trusted only while it is for this generation and young: anything older, the cache has.
+    last_written(ctx, vp).filter(|st| st.observed_generation == vp.metadata.generation)
+}
+
+/// The status this process last wrote for `vp`, while young: the cache may not have it yet.
+fn last_written(ctx: &Context, vp: &VoicePipeline) -> Option<VoicePipelineStatus> {
     let uid = vp.uid()?;
     let w = ctx.written.lock().expect("not poisoned");
     let (st, at) = w.get(&uid)?;
-    // Trusted only while it is for this generation and young: anything older, the cache has.
-    (at.elapsed() < WRITTEN_TRUST && st.observed_generation == vp.metadata.generation)
-        .then(|| st.clone())
+    (at.elapsed() < WRITTEN_TRUST).then(|| st.clone())
 }
 
 async fn write_status(
@@ -750,11 +798,9 @@ async fn finalize(
     if !vp.finalizers().iter().any(|f| f == DASHBOARD_FINALIZER) {
         return Ok(Pass::Done);
     }
-    let name = format!(
-        "voice-dashboard-{}-{}",
-        vp.namespace().unwrap_or_default(),
-        vp.name_any()
-    );
+    let pipeline_ns = vp.namespace().unwrap_or_default();
+    let name = dashboard_name(&pipeline_ns, &vp.name_any());
+    let placed = foreign_dashboards(ctx, vp);
     let mut namespaces: Vec<String> = vp
         .spec
         .observability
@@ -763,20 +809,21 @@ async fn finalize(
         .iter()
         .cloned()
         .collect();
-    namespaces.extend(foreign_dashboards_ns(vp));
+    namespaces.extend(placed.iter().cloned());
+    namespaces.sort();
     namespaces.dedup();
-    let placed = vp
-        .status
-        .as_ref()
-        .and_then(|s| s.dashboards_namespace.as_deref());
     for ns in namespaces {
-        match ctx.applier.delete::<ConfigMap>(&ns, &name).await {
+        let removed = async {
+            ctx.applier.delete::<ConfigMap>(&ns, &name).await?;
+            remove_legacy_dashboard(ctx, &ns, &pipeline_ns, &vp.name_any()).await
+        };
+        match removed.await {
             Ok(()) => {}
             // A namespace the status never placed the dashboard in, and where the operator may
             // not delete: it could not create it there either (e.g. a dashboards namespace
             // outside the chart's `dashboardNamespaces`). Nothing of ours to remove, and the
             // pipeline must not hang in deletion for it.
-            Err(e) if e.code() == Some(403) && placed != Some(ns.as_str()) => {
+            Err(e) if e.code() == Some(403) && !placed.contains(&ns) => {
                 tracing::info!(namespace = %ns, name = %name, "no dashboard to remove where the operator may not delete");
             }
             Err(e) => {
@@ -794,6 +841,37 @@ async fn finalize(
     }
     set_finalizer(vp, ctx, api, false).await?;
     Ok(Pass::Done)
+}
+
+/// The finalizer's [`remove_cached_legacy_dashboard`]: asks the API server, since a pipeline
+/// deleted right after an upgrade may go before the cache of `dns` has listed.
+async fn remove_legacy_dashboard(
+    ctx: &Context,
+    dns: &str,
+    pipeline_ns: &str,
+    pipeline: &str,
+) -> Result<(), ApplyError> {
+    let legacy = legacy_dashboard_name(pipeline_ns, pipeline);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), dns);
+    // A list of one name: the operator's RBAC has `list` on ConfigMaps, not `get`.
+    let found = api
+        .list_metadata(&ListParams::default().fields(&format!("metadata.name={legacy}")))
+        .await
+        .map_err(|source| ApplyError::Api {
+            verb: "list",
+            kind: "ConfigMap".into(),
+            namespace: dns.into(),
+            name: legacy.clone(),
+            source,
+        })?;
+    if found
+        .items
+        .iter()
+        .any(|cm| belongs_to(cm, pipeline_ns, pipeline))
+    {
+        ctx.applier.delete::<ConfigMap>(dns, &legacy).await?;
+    }
+    Ok(())
 }
 
 async fn publish(ctx: &Context, vp: &VoicePipeline, type_: EventType, reason: &str, note: &str) {
@@ -1415,7 +1493,31 @@ mod tests {
     use kube::core::DeserializeGuard;
     use voice_types::{VoicePipeline, VoicePipelineStatus};
 
-    use super::pipeline_changed;
+    use super::{pipeline_changed, placed_elsewhere};
+
+    fn placed(ns: &str) -> VoicePipelineStatus {
+        VoicePipelineStatus {
+            dashboards_namespace: Some(ns.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_dashboard_may_be_where_either_status_placed_it() {
+        // The cache lags the last write: the dashboard moved from `one` to `two`.
+        let (written, cached) = (placed("two"), placed("one"));
+        assert_eq!(
+            placed_elsewhere("home", [Some(&written), Some(&cached)]),
+            ["two", "one"]
+        );
+        assert_eq!(
+            placed_elsewhere("home", [Some(&written), Some(&written)]),
+            ["two"]
+        );
+        // In the pipeline's namespace, owner references remove it.
+        assert!(placed_elsewhere("two", [Some(&written), None]).is_empty());
+        assert!(placed_elsewhere("home", [None, Some(&VoicePipelineStatus::default())]).is_empty());
+    }
 
     fn guard(generation: i64) -> DeserializeGuard<VoicePipeline> {
         let vp: VoicePipeline = serde_json::from_value(serde_json::json!({

@@ -116,8 +116,7 @@ impl Validated {
             Component::Gateway => format!("{}-gateway", self.name),
             Component::Riva => format!("{}-riva", self.name),
             Component::Alerts => format!("{}-alerts", self.name),
-            // Unique across namespaces: dashboards of many pipelines may share Grafana's.
-            Component::Dashboards => format!("voice-dashboard-{}-{}", self.namespace, self.name),
+            Component::Dashboards => dashboard_name(&self.namespace, &self.name),
         }
     }
 
@@ -271,6 +270,26 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
     Some(n * mul)
 }
 
+/// Name of the dashboard ConfigMap of pipeline `namespace/name`: `voice-dashboard.<namespace>.<name>`.
+///
+/// Unique across namespaces, since dashboards of many pipelines may share Grafana's: dots
+/// separate the parts, and neither a namespace nor a pipeline name has one.
+pub fn dashboard_name(namespace: &str, name: &str) -> String {
+    format!("voice-dashboard.{namespace}.{name}")
+}
+
+/// The name [`dashboard_name`] gave before: `voice-dashboard-<namespace>-<name>`. Two pipelines
+/// could share it (`prod` in `voice-eu`, `eu-prod` in `voice`), so only one labelled as this
+/// pipeline's is removed, once the dashboard under its new name is in place.
+pub fn legacy_dashboard_name(namespace: &str, name: &str) -> String {
+    format!("voice-dashboard-{namespace}-{name}")
+}
+
+/// Whether `o` carries the operator's labels for pipeline `namespace/name`.
+pub fn belongs_to<K: Resource>(o: &K, namespace: &str, name: &str) -> bool {
+    owner_of(o).is_some_and(|r| r.name == name && r.namespace.as_deref() == Some(namespace))
+}
+
 /// The pipeline a child belongs to, from the operator's labels.
 pub fn owner_of<K: Resource>(o: &K) -> Option<ObjectRef<DeserializeGuard<VoicePipeline>>> {
     let l = o.labels();
@@ -289,6 +308,7 @@ pub fn owner_of<K: Resource>(o: &K) -> Option<ObjectRef<DeserializeGuard<VoicePi
 mod tests {
     use super::*;
     use crate::testdata;
+    use k8s_openapi::api::core::v1::ConfigMap;
 
     #[test]
     fn validates_the_minimal_example() {
@@ -297,6 +317,47 @@ mod tests {
         assert_eq!(v.gateway_endpoint(), "demo-gateway.voice.svc:50051");
         assert_eq!(v.dashboards_namespace, "voice");
         assert!(v.owner.is_some());
+    }
+
+    #[test]
+    fn dashboard_names_of_pipelines_in_different_namespaces_differ() {
+        // The old names of `voice-eu/prod` and `voice/eu-prod` were the same.
+        assert_eq!(
+            legacy_dashboard_name("voice-eu", "prod"),
+            legacy_dashboard_name("voice", "eu-prod")
+        );
+        assert_eq!(
+            dashboard_name("voice-eu", "prod"),
+            "voice-dashboard.voice-eu.prod"
+        );
+        assert_ne!(
+            dashboard_name("voice-eu", "prod"),
+            dashboard_name("voice", "eu-prod")
+        );
+        let v = validate(&testdata::external()).unwrap();
+        assert_eq!(
+            v.child_name(Component::Dashboards),
+            "voice-dashboard.voice.demo"
+        );
+    }
+
+    #[test]
+    fn a_child_belongs_to_the_pipeline_its_labels_name() {
+        let v = validate(&testdata::external()).unwrap();
+        let mut cm = ConfigMap::default();
+        cm.metadata.namespace = Some("grafana".into());
+        cm.metadata.labels = Some(v.labels(Component::Dashboards));
+        // Without the pipeline-namespace label, a child is of its own namespace's pipeline.
+        assert!(belongs_to(&cm, "grafana", "demo"));
+        assert!(!belongs_to(&cm, "voice", "demo"));
+        cm.labels_mut()
+            .insert(LABEL_PIPELINE_NAMESPACE.into(), "voice".into());
+        assert!(belongs_to(&cm, "voice", "demo"));
+        assert!(!belongs_to(&cm, "voice", "other"));
+        assert!(!belongs_to(&cm, "grafana", "demo"));
+        cm.labels_mut()
+            .insert("app.kubernetes.io/managed-by".into(), "someone-else".into());
+        assert!(!belongs_to(&cm, "voice", "demo"));
     }
 
     #[test]

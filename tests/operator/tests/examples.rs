@@ -242,7 +242,7 @@ async fn external_riva_example_puts_dashboards_elsewhere_and_cleans_them_on_dele
             .any(|f| f == "voice.workflow.io/dashboards")
     );
     let grafana: Api<ConfigMap> = Api::namespaced(ns.client.clone(), "grafana");
-    let dash = format!("voice-dashboard-{}-{name}", ns.name);
+    let dash = format!("voice-dashboard.{}.{name}", ns.name);
     let cm = grafana.get(&dash).await.unwrap();
     assert_eq!(cm.labels()["grafana_dashboard"], "1");
     assert!(

@@ -180,7 +180,7 @@ async fn spec_change_rolls_out_drift_is_undone_and_disabled_children_go() {
             && sms.get_opt("demo-gateway").await.ok()?.is_none()
             && pdbs.get_opt("demo-gateway").await.ok()?.is_none()
             && cms
-                .get_opt(&format!("voice-dashboard-{}-demo", ns.name))
+                .get_opt(&format!("voice-dashboard.{}.demo", ns.name))
                 .await
                 .ok()?
                 .is_none();
@@ -387,7 +387,7 @@ async fn a_refused_dashboard_update_keeps_the_dashboard() {
     let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
     wait_ready(&api, "demo", TIMEOUT).await;
     let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &dash_ns.name);
-    let name = format!("voice-dashboard-{}-demo", ns.name);
+    let name = format!("voice-dashboard.{}.demo", ns.name);
     let uid = dashboards.get(&name).await.unwrap().uid();
 
     // Freeze ConfigMap updates in the dashboards' namespace.
@@ -604,7 +604,7 @@ async fn a_dashboard_in_another_watched_namespace_is_restored_at_once() {
     let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
     wait_ready(&api, "demo", TIMEOUT).await;
     let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &dash_ns.name);
-    let name = format!("voice-dashboard-{}-demo", ns.name);
+    let name = format!("voice-dashboard.{}.demo", ns.name);
     let uid = dashboards.get(&name).await.unwrap().uid();
     dashboards
         .delete(&name, &DeleteParams::default())

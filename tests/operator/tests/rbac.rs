@@ -186,7 +186,7 @@ async fn deploy_rbac_is_enough_and_two_replicas_share_a_lease() {
         .await
         .unwrap();
     let grafana: Api<ConfigMap> = Api::namespaced(ns.client.clone(), "grafana");
-    let dash = format!("voice-dashboard-{}-support-line", ns.name);
+    let dash = format!("voice-dashboard.{}.support-line", ns.name);
     eventually(TIMEOUT, || async {
         let gone = api.get_opt("support-line").await.ok()?.is_none()
             && grafana.get_opt(&dash).await.ok()?.is_none();

@@ -875,7 +875,7 @@ async fn bench(plane: &Plane, args: &Args, operator: &str) -> anyhow::Result<Run
             format!("Service/{name}-gateway"),
             format!("ServiceMonitor/{name}-gateway"),
             format!("PrometheusRule/{name}-alerts"),
-            format!("ConfigMap/voice-dashboard-bench-lat-{name}"),
+            format!("ConfigMap/voice-dashboard.bench-lat.{name}"),
         ];
         let t0 = Instant::now();
         api.create(&PostParams::default(), &pipeline("bench-lat", &name))
