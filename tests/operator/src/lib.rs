@@ -88,6 +88,13 @@ pub fn example(name: &str) -> String {
     std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists")
 }
 
+/// The minimal example, named `name`, with its dashboards in namespace `dashboards`. Ends in
+/// the `dashboards` block: lines indented by six spaces that follow add to it.
+pub fn minimal_with_dashboards_in(name: &str, dashboards: &str) -> String {
+    example("minimal.yaml").replace("name: demo", &format!("name: {name}"))
+        + &format!("  observability:\n    dashboards:\n      namespace: {dashboards}\n")
+}
+
 /// A PersistentVolume bound in advance to claim `ns/claim`, since the local plane has no
 /// provisioner (the managed-Riva example mounts its models from a PVC).
 pub fn bind_volume(plane: &Plane, ns: &str, claim: &str) {

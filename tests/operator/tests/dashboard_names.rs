@@ -8,19 +8,13 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use operator_tests::{Operator, apply_ok, example, plane, wait_ready};
+use operator_tests::{Operator, apply_ok, minimal_with_dashboards_in, plane, wait_ready};
 use serde_json::json;
 use test_support::{TestNamespace, eventually};
 use voice_operator::model::{dashboard_name, legacy_dashboard_name};
 use voice_types::VoicePipeline;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The minimal example named `name`, its dashboards in namespace `dashboards`.
-fn pipeline(name: &str, dashboards: &str) -> String {
-    example("minimal.yaml").replace("name: demo", &format!("name: {name}"))
-        + &format!("  observability:\n    dashboards:\n      namespace: {dashboards}\n")
-}
 
 /// Two namespaces and a pipeline name in each whose dashboards had the same name before:
 /// `a`/`eu-X-p` and `a-eu-X`/`p` were both `voice-dashboard-a-eu-X-p`.
@@ -78,8 +72,16 @@ async fn pipelines_whose_old_dashboard_names_collide_keep_their_own() {
     let grafana = plane.namespace("dash-shared").await;
     let c = a.client.clone();
     let op = Operator::start_full(c.clone(), &[&a.name, &b.name], &[&grafana.name], None).await;
-    apply_ok(plane, &a.name, &pipeline(&a_name, &grafana.name));
-    apply_ok(plane, &b.name, &pipeline(&b_name, &grafana.name));
+    apply_ok(
+        plane,
+        &a.name,
+        &minimal_with_dashboards_in(&a_name, &grafana.name),
+    );
+    apply_ok(
+        plane,
+        &b.name,
+        &minimal_with_dashboards_in(&b_name, &grafana.name),
+    );
     let a_api: Api<VoicePipeline> = Api::namespaced(c.clone(), &a.name);
     let b_api: Api<VoicePipeline> = Api::namespaced(c.clone(), &b.name);
     wait_ready(&a_api, &a_name, TIMEOUT).await;
@@ -152,8 +154,12 @@ async fn a_dashboard_under_its_old_name_is_replaced_and_a_neighbours_is_kept() {
     old_dashboard(&own, &home_old, &a.name, "home").await;
 
     let op = Operator::start_full(c.clone(), &[&a.name, &b.name], &[&grafana.name], None).await;
-    apply_ok(plane, &a.name, &pipeline(&a_name, &grafana.name));
-    apply_ok(plane, &a.name, &pipeline("home", &a.name));
+    apply_ok(
+        plane,
+        &a.name,
+        &minimal_with_dashboards_in(&a_name, &grafana.name),
+    );
+    apply_ok(plane, &a.name, &minimal_with_dashboards_in("home", &a.name));
     let a_api: Api<VoicePipeline> = Api::namespaced(c.clone(), &a.name);
     wait_ready(&a_api, &a_name, TIMEOUT).await;
     wait_ready(&a_api, "home", TIMEOUT).await;
@@ -175,7 +181,11 @@ async fn a_dashboard_under_its_old_name_is_replaced_and_a_neighbours_is_kept() {
     assert_eq!(labels_of(&kept).0, Some(b_name.as_str()));
 
     // `b`'s pipeline arrives: its dashboard takes the new name, and the old one goes.
-    apply_ok(plane, &b.name, &pipeline(&b_name, &grafana.name));
+    apply_ok(
+        plane,
+        &b.name,
+        &minimal_with_dashboards_in(&b_name, &grafana.name),
+    );
     let b_api: Api<VoicePipeline> = Api::namespaced(c.clone(), &b.name);
     wait_ready(&b_api, &b_name, TIMEOUT).await;
     dashboards
@@ -215,7 +225,7 @@ async fn the_finalizer_removes_a_dashboard_under_its_old_name() {
     let old = legacy_dashboard_name(&ns.name, "demo");
     old_dashboard(&dashboards, &old, &ns.name, "demo").await;
     // As the old version left it: its finalizer on, and the status placing the dashboard.
-    let with_finalizer = pipeline("demo", &grafana.name).replace(
+    let with_finalizer = minimal_with_dashboards_in("demo", &grafana.name).replace(
         "  name: demo\n",
         "  name: demo\n  finalizers: [voice.workflow.io/dashboards]\n",
     );
@@ -251,7 +261,11 @@ async fn quick_moves_of_the_dashboards_leave_none_behind() {
     let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     let c = ns.client.clone();
     let op = Operator::start_full(c.clone(), &[&ns.name], &names, None).await;
-    apply_ok(plane, &ns.name, &pipeline("demo", names[0]));
+    apply_ok(
+        plane,
+        &ns.name,
+        &minimal_with_dashboards_in("demo", names[0]),
+    );
     let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
     wait_ready(&api, "demo", TIMEOUT).await;
     let move_to = |to: &str| json!({"spec": {"observability": {"dashboards": {"namespace": to}}}});

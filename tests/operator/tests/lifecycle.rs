@@ -10,7 +10,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use operator_tests::{
-    Operator, apply_ok, bind_volume, condition, example, plane, wait_for, wait_ready,
+    Operator, apply_ok, bind_volume, condition, example, minimal_with_dashboards_in, plane,
+    wait_for, wait_ready,
 };
 use serde_json::json;
 use test_support::{Plane, eventually};
@@ -377,11 +378,7 @@ async fn a_refused_dashboard_update_keeps_the_dashboard() {
     let c = ns.client.clone();
     let op = Operator::start_full(c.clone(), &[&ns.name], &[&dash_ns.name], None).await;
     let pipeline = |labels: &str| {
-        format!(
-            "{}  observability:\n    dashboards:\n      namespace: {}\n      labels: {{{labels}}}\n",
-            example("minimal.yaml"),
-            dash_ns.name
-        )
+        minimal_with_dashboards_in("demo", &dash_ns.name) + &format!("      labels: {{{labels}}}\n")
     };
     apply_ok(plane, &ns.name, &pipeline("grafana_dashboard: \"1\""));
     let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
@@ -595,11 +592,7 @@ async fn a_dashboard_in_another_watched_namespace_is_restored_at_once() {
     let c = ns.client.clone();
     let watched = [ns.name.as_str(), dash_ns.name.as_str()];
     let op = Operator::start_full(c.clone(), &watched, &[&dash_ns.name], None).await;
-    let pipeline = format!(
-        "{}  observability:\n    dashboards:\n      namespace: {}\n",
-        example("minimal.yaml"),
-        dash_ns.name
-    );
+    let pipeline = minimal_with_dashboards_in("demo", &dash_ns.name);
     apply_ok(plane, &ns.name, &pipeline);
     let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
     wait_ready(&api, "demo", TIMEOUT).await;

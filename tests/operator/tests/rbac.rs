@@ -12,8 +12,8 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use operator_tests::{
-    Operator, apply_ok, bind_volume, condition, ensure_namespace, example, plane, wait_for,
-    wait_ready, wait_reason,
+    Operator, apply_ok, bind_volume, condition, ensure_namespace, example,
+    minimal_with_dashboards_in, plane, wait_for, wait_ready, wait_reason,
 };
 use serde_json::json;
 use test_support::{Plane, eventually, repo_root};
@@ -373,11 +373,7 @@ subjects:
     );
     apply_ok(plane, &ns.name, &role);
     let op = Operator::start(client, &[&ns.name]).await;
-    let pipeline = format!(
-        "{}  observability:\n    dashboards:\n      namespace: {}\n",
-        example("minimal.yaml"),
-        elsewhere.name
-    );
+    let pipeline = minimal_with_dashboards_in("demo", &elsewhere.name);
     apply_ok(plane, &ns.name, &pipeline);
     let api: Api<VoicePipeline> = Api::namespaced(ns.client.clone(), &ns.name);
     let vp = wait_reason(&api, "demo", "DashboardsConfigured", "ApplyFailed", TIMEOUT).await;
