@@ -326,7 +326,8 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, R
             .or_else(|| vp.status.clone())
             .and_then(|s| s.dashboards_namespace);
     }
-    // A dashboard that moved or was switched off: remove the old one (also under its old name).
+    // A dashboard that moved or was switched off: remove the old one, also under its old name
+    // (asking the API server: a move is rare, and the old namespace may have no cache).
     for old_ns in &foreign_before {
         if Some(old_ns) == observed.dashboards_namespace.as_ref() {
             continue;
@@ -335,8 +336,7 @@ async fn reconcile_pipeline(vp: &VoicePipeline, ctx: &Context) -> Result<Pass, R
             ctx.applier
                 .delete::<ConfigMap>(old_ns, &v.child_name(Component::Dashboards))
                 .await?;
-            let cache = ctx.stores.config_maps_of(old_ns, &ns);
-            remove_cached_legacy_dashboard(&ctx.applier, cache, old_ns, &v).await
+            remove_legacy_dashboard(ctx, old_ns, &ns, &v.name).await
         };
         if let Err(e) = removed.await {
             observed.aux_error.get_or_insert(pass_error(&e));
@@ -843,8 +843,9 @@ async fn finalize(
     Ok(Pass::Done)
 }
 
-/// The finalizer's [`remove_cached_legacy_dashboard`]: asks the API server, since a pipeline
-/// deleted right after an upgrade may go before the cache of `dns` has listed.
+/// [`remove_cached_legacy_dashboard`] by asking the API server: for the finalizer (a pipeline
+/// deleted right after an upgrade may go before the cache of `dns` has listed) and for a move
+/// (the namespace left may have no cache).
 async fn remove_legacy_dashboard(
     ctx: &Context,
     dns: &str,

@@ -213,35 +213,84 @@ async fn a_dashboard_under_its_old_name_is_replaced_and_a_neighbours_is_kept() {
     op.stop().await.unwrap();
 }
 
+/// Pipeline `demo` in `ns` as the old version left it: its dashboard under the old name in
+/// `placed` (the status says so, and the finalizer is on), its spec now asking for the
+/// dashboards in `wanted`. Returns the old dashboard's name.
+async fn left_by_the_old_version(ns: &TestNamespace, placed: &str, wanted: &str) -> String {
+    let c = ns.client.clone();
+    let old = legacy_dashboard_name(&ns.name, "demo");
+    old_dashboard(&Api::namespaced(c.clone(), placed), &old, &ns.name, "demo").await;
+    let with_finalizer = minimal_with_dashboards_in("demo", wanted).replace(
+        "  name: demo\n",
+        "  name: demo\n  finalizers: [voice.workflow.io/dashboards]\n",
+    );
+    apply_ok(plane(), &ns.name, &with_finalizer);
+    let api: Api<VoicePipeline> = Api::namespaced(c, &ns.name);
+    let status = json!({"status": {"dashboardsNamespace": placed}});
+    api.patch_status("demo", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    old
+}
+
 /// A pipeline deleted before the upgraded operator's first pass over it: the finalizer removes
-/// its dashboard under the old name too.
+/// its dashboard under the old name too, in a namespace the operator has no cache of.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_finalizer_removes_a_dashboard_under_its_old_name() {
     let plane = plane();
     let ns = plane.namespace("dash-final").await;
     let grafana = plane.namespace("dash-final-grafana").await;
     let c = ns.client.clone();
-    let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &grafana.name);
-    let old = legacy_dashboard_name(&ns.name, "demo");
-    old_dashboard(&dashboards, &old, &ns.name, "demo").await;
-    // As the old version left it: its finalizer on, and the status placing the dashboard.
-    let with_finalizer = minimal_with_dashboards_in("demo", &grafana.name).replace(
-        "  name: demo\n",
-        "  name: demo\n  finalizers: [voice.workflow.io/dashboards]\n",
-    );
-    apply_ok(plane, &ns.name, &with_finalizer);
+    let old = left_by_the_old_version(&ns, &grafana.name, &grafana.name).await;
     let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
-    let status = json!({"status": {"dashboardsNamespace": grafana.name}});
-    api.patch_status("demo", &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .unwrap();
     api.delete("demo", &DeleteParams::default()).await.unwrap();
 
     let op = Operator::start_full(c.clone(), &[&ns.name], &[], None).await;
+    let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &grafana.name);
     eventually(TIMEOUT, || async {
         let gone = api.get_opt("demo").await.ok()?.is_none()
             && dashboards.get_opt(&old).await.ok()?.is_none();
         gone.then_some(())
+    })
+    .await;
+    op.stop().await.unwrap();
+}
+
+/// Dashboards moved during the upgrade: the one under the old name goes from the namespace
+/// left, which the operator has no cache of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_removes_the_dashboard_under_its_old_name() {
+    let plane = plane();
+    let ns = plane.namespace("dash-upmove").await;
+    let left = plane.namespace("dash-upmove-left").await;
+    let now = plane.namespace("dash-upmove-now").await;
+    let c = ns.client.clone();
+    let old = left_by_the_old_version(&ns, &left.name, &now.name).await;
+
+    let op = Operator::start_full(c.clone(), &[&ns.name], &[], None).await;
+    let api: Api<VoicePipeline> = Api::namespaced(c.clone(), &ns.name);
+    let vp = wait_ready(&api, "demo", TIMEOUT).await;
+    assert_eq!(
+        vp.status.unwrap().dashboards_namespace.as_deref(),
+        Some(now.name.as_str())
+    );
+    Api::<ConfigMap>::namespaced(c.clone(), &now.name)
+        .get(&dashboard_name(&ns.name, "demo"))
+        .await
+        .unwrap();
+    let left_dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &left.name);
+    eventually(TIMEOUT, || async {
+        left_dashboards
+            .get_opt(&old)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    api.delete("demo", &DeleteParams::default()).await.unwrap();
+    eventually(TIMEOUT, || async {
+        api.get_opt("demo").await.ok()?.is_none().then_some(())
     })
     .await;
     op.stop().await.unwrap();
