@@ -397,28 +397,6 @@ fn placed_elsewhere(ns: &str, statuses: [Option<&VoicePipelineStatus>; 2]) -> Ve
     found
 }
 
-/// Removes the dashboard that the cache of `dns` holds under its old name
-/// ([`legacy_dashboard_name`]) when it is labelled as `v`'s: another pipeline's may have had
-/// the same name. A lookup in the cache, so no request once it is gone.
-async fn remove_cached_legacy_dashboard(
-    applier: &Applier,
-    cache: Option<&Store<ConfigMap>>,
-    dns: &str,
-    v: &Validated,
-) -> Result<(), ApplyError> {
-    let legacy = legacy_dashboard_name(&v.namespace, &v.name);
-    let ours = cache
-        .and_then(|c| c.get(&ObjectRef::new(&legacy).within(dns)))
-        .is_some_and(|cm| {
-            belongs_to(cm.as_ref(), &v.namespace, &v.name)
-                && cm.metadata.deletion_timestamp.is_none()
-        });
-    if ours {
-        applier.delete::<ConfigMap>(dns, &legacy).await?;
-    }
-    Ok(())
-}
-
 fn pass_error(e: &ApplyError) -> PassError {
     let hint = match e.reason() {
         "Forbidden" => ": the operator's RBAC does not allow this (see deploy/rbac.yaml)",
@@ -604,7 +582,10 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
     };
 
     // Dashboards (maybe in another namespace) and the ConfigMaps' orphans.
-    // Once the dashboard is in place under its name, the one under its old name goes.
+    // Once the dashboard is in place under its name, the one under its old name goes, if the
+    // cache holds it as this pipeline's: the old name is `<ns>-<name>`, so with this pipeline's
+    // name in its instance label it is this pipeline's, not a neighbour's of the same old name.
+    // (Without a cache, a move or the finalizer removes it.)
     let dashboards = async {
         let legacy = legacy_dashboard_name(ns, &v.name);
         let mut keep = vec![gw.as_str()];
@@ -615,8 +596,9 @@ async fn apply_children(v: &Validated, children: Children, ctx: &Context) -> Obs
             a.ensure(d, "dashboards", cache).await?;
             if dns == ns {
                 keep.push(dash_name.as_str());
-            } else {
-                remove_cached_legacy_dashboard(a, cache, &dns, v).await?;
+            } else if let Some(cache) = cache {
+                a.delete_orphans(cache, &dns, &v.name, &[legacy.as_str()], &[])
+                    .await?;
             }
             placed = Some(dns);
         }
@@ -843,9 +825,10 @@ async fn finalize(
     Ok(Pass::Done)
 }
 
-/// [`remove_cached_legacy_dashboard`] by asking the API server: for the finalizer (a pipeline
-/// deleted right after an upgrade may go before the cache of `dns` has listed) and for a move
-/// (the namespace left may have no cache).
+/// Removes the dashboard that `dns` holds under its old name ([`legacy_dashboard_name`]) when
+/// it is labelled as this pipeline's: another pipeline's may have had the same name. Asks the
+/// API server: for the finalizer (a pipeline deleted right after an upgrade may go before the
+/// cache of `dns` has listed) and for a move (the namespace left may have no cache).
 async fn remove_legacy_dashboard(
     ctx: &Context,
     dns: &str,
