@@ -9,10 +9,10 @@ use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::PostParams;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
-use test_support::{Plane, repo_root};
+use test_support::{Plane, eventually, repo_root};
 use voice_operator::controller::{LeaderElection, RunConfig, run_on};
 use voice_types::VoicePipeline;
 
@@ -93,6 +93,33 @@ pub fn example(name: &str) -> String {
 pub fn minimal_with_dashboards_in(name: &str, dashboards: &str) -> String {
     example("minimal.yaml").replace("name: demo", &format!("name: {name}"))
         + &format!("  observability:\n    dashboards:\n      namespace: {dashboards}\n")
+}
+
+/// Deletes pipeline `name` while the operator runs, and waits until it and its dashboard
+/// (`dashboard` in `dashboards`, removed by the pipeline's finalizer) are gone.
+pub async fn delete_with_its_dashboard(
+    api: &Api<VoicePipeline>,
+    name: &str,
+    dashboards: &Api<ConfigMap>,
+    dashboard: &str,
+) {
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    wait_gone_with_its_dashboard(api, name, dashboards, dashboard).await;
+}
+
+/// Waits until pipeline `name` and `dashboard` in `dashboards` are gone.
+pub async fn wait_gone_with_its_dashboard(
+    api: &Api<VoicePipeline>,
+    name: &str,
+    dashboards: &Api<ConfigMap>,
+    dashboard: &str,
+) {
+    eventually(Duration::from_secs(60), || async {
+        let gone = api.get_opt(name).await.ok()?.is_none()
+            && dashboards.get_opt(dashboard).await.ok()?.is_none();
+        gone.then_some(())
+    })
+    .await;
 }
 
 /// A PersistentVolume bound in advance to claim `ns/claim`, since the local plane has no

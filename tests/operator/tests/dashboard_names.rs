@@ -8,7 +8,10 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
-use operator_tests::{Operator, apply_ok, minimal_with_dashboards_in, plane, wait_ready};
+use operator_tests::{
+    Operator, apply_ok, delete_with_its_dashboard, minimal_with_dashboards_in, plane,
+    wait_gone_with_its_dashboard, wait_ready,
+};
 use serde_json::json;
 use test_support::{TestNamespace, eventually};
 use voice_operator::model::{dashboard_name, legacy_dashboard_name};
@@ -106,31 +109,10 @@ async fn pipelines_whose_old_dashboard_names_collide_keep_their_own() {
     );
 
     // Deleting one pipeline removes its dashboard only.
-    b_api
-        .delete(&b_name, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(TIMEOUT, || async {
-        let gone = b_api.get_opt(&b_name).await.ok()?.is_none()
-            && dashboards.get_opt(&b_dash.name_any()).await.ok()?.is_none();
-        gone.then_some(())
-    })
-    .await;
+    delete_with_its_dashboard(&b_api, &b_name, &dashboards, &b_dash.name_any()).await;
     let kept = dashboards.get(&a_dash.name_any()).await.unwrap();
     assert_eq!(kept.uid(), a_dash.uid());
-    a_api
-        .delete(&a_name, &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(TIMEOUT, || async {
-        dashboards
-            .get_opt(&a_dash.name_any())
-            .await
-            .ok()?
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_with_its_dashboard(&a_api, &a_name, &dashboards, &a_dash.name_any()).await;
     op.stop().await.unwrap();
 }
 
@@ -247,12 +229,7 @@ async fn the_finalizer_removes_a_dashboard_under_its_old_name() {
 
     let op = Operator::start_full(c.clone(), &[&ns.name], &[], None).await;
     let dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &grafana.name);
-    eventually(TIMEOUT, || async {
-        let gone = api.get_opt("demo").await.ok()?.is_none()
-            && dashboards.get_opt(&old).await.ok()?.is_none();
-        gone.then_some(())
-    })
-    .await;
+    wait_gone_with_its_dashboard(&api, "demo", &dashboards, &old).await;
     op.stop().await.unwrap();
 }
 
@@ -274,10 +251,9 @@ async fn a_move_removes_the_dashboard_under_its_old_name() {
         vp.status.unwrap().dashboards_namespace.as_deref(),
         Some(now.name.as_str())
     );
-    Api::<ConfigMap>::namespaced(c.clone(), &now.name)
-        .get(&dashboard_name(&ns.name, "demo"))
-        .await
-        .unwrap();
+    let now_dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &now.name);
+    let dashboard = dashboard_name(&ns.name, "demo");
+    now_dashboards.get(&dashboard).await.unwrap();
     let left_dashboards: Api<ConfigMap> = Api::namespaced(c.clone(), &left.name);
     eventually(TIMEOUT, || async {
         left_dashboards
@@ -288,11 +264,7 @@ async fn a_move_removes_the_dashboard_under_its_old_name() {
             .then_some(())
     })
     .await;
-    api.delete("demo", &DeleteParams::default()).await.unwrap();
-    eventually(TIMEOUT, || async {
-        api.get_opt("demo").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    delete_with_its_dashboard(&api, "demo", &now_dashboards, &dashboard).await;
     op.stop().await.unwrap();
 }
 
@@ -362,10 +334,7 @@ async fn quick_moves_of_the_dashboards_leave_none_behind() {
         })
         .await;
     }
-    api.delete("demo", &DeleteParams::default()).await.unwrap();
-    eventually(TIMEOUT, || async {
-        api.get_opt("demo").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    let last: Api<ConfigMap> = Api::namespaced(c.clone(), names[at]);
+    delete_with_its_dashboard(&api, "demo", &last, &dashboard).await;
     op.stop().await.unwrap();
 }

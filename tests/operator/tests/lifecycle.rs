@@ -10,8 +10,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use operator_tests::{
-    Operator, apply_ok, bind_volume, condition, example, minimal_with_dashboards_in, plane,
-    wait_for, wait_ready,
+    Operator, apply_ok, bind_volume, condition, delete_with_its_dashboard, example,
+    minimal_with_dashboards_in, plane, wait_for, wait_ready,
 };
 use serde_json::json;
 use test_support::{Plane, eventually};
@@ -610,21 +610,4 @@ async fn a_dashboard_in_another_watched_namespace_is_restored_at_once() {
     .await;
     delete_with_its_dashboard(&api, "demo", &dashboards, &name).await;
     op.stop().await.unwrap();
-}
-
-/// Deletes pipeline `name` while the operator runs, and waits until it and its dashboard
-/// (`dashboard` in `dashboards`, removed by the pipeline's finalizer) are gone.
-async fn delete_with_its_dashboard(
-    api: &Api<VoicePipeline>,
-    name: &str,
-    dashboards: &Api<ConfigMap>,
-    dashboard: &str,
-) {
-    api.delete(name, &DeleteParams::default()).await.unwrap();
-    eventually(TIMEOUT, || async {
-        let gone = api.get_opt(name).await.ok()?.is_none()
-            && dashboards.get_opt(dashboard).await.ok()?.is_none();
-        gone.then_some(())
-    })
-    .await;
 }
